@@ -1,0 +1,614 @@
+//! Writing segmentation results to disk: colour-mapped label PNGs and NumPy `.npy` arrays.
+//!
+//! Every file goes through [`write_atomically`], so a reader (a viewer, a script polling the
+//! output directory) sees either the previous complete file or the new complete file, never a
+//! partial one, and a failed or interrupted write never leaves a truncated file at the target.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use tempfile::NamedTempFile;
+
+/// The PASCAL VOC colour map: index `i` -> `[r, g, b]` for every `i` in `0..256`.
+///
+/// Bits 0, 1 and 2 of `i` become the most significant bits of red, green and blue, the next three
+/// bits the next most significant, and so on. Spreading the low bits to the high end of each
+/// channel makes neighbouring class indices visually distinct, and because the 8 bits of `i` map
+/// to distinct positions in the 24-bit colour, every index gets a different colour.
+pub fn voc_palette() -> [[u8; 3]; 256] {
+    let mut palette = [[0u8; 3]; 256];
+    for (index, colour) in palette.iter_mut().enumerate() {
+        let mut remaining_bits = index;
+        for bit_position in (0..8).rev() {
+            for (channel, value) in colour.iter_mut().enumerate() {
+                let bit = ((remaining_bits >> channel) & 1) as u8;
+                *value |= bit << bit_position;
+            }
+            remaining_bits >>= 3;
+        }
+    }
+    palette
+}
+
+/// Writes an 8-bit paletted PNG whose pixel values are the class indices in `labels`
+/// (row-major, `width * height` entries) and whose palette is [`voc_palette`].
+///
+/// The full 256-entry palette is always written, not just the entries up to the largest label:
+/// every possible `u8` label is then a valid palette index (PNG decoders treat an index past the
+/// end of PLTE as an error or draw it in an arbitrary colour), every mask from one run carries an
+/// identical palette, and the files match the layout of the VOC ground-truth masks, whose void
+/// label 255 has its own colour. The cost is at most 765 extra bytes per file.
+///
+/// No `tRNS` chunk is written, so viewers show every class opaque, and a `png` reader without
+/// transformations reads back the raw indices.
+pub fn write_label_png(path: &Path, labels: &[u8], width: u32, height: u32) -> Result<()> {
+    check_label_count(labels.len(), width, height)
+        .and_then(|()| write_atomically(path, |out| encode_label_png(out, labels, width, height)))
+        .with_context(|| format!("cannot write mask {}", path.display()))
+}
+
+fn check_label_count(label_count: usize, width: u32, height: u32) -> Result<()> {
+    ensure!(
+        width > 0 && height > 0,
+        "a PNG needs at least one pixel, but the mask is {width}x{height}"
+    );
+    // Widening to u64 makes the product exact, so a huge width * height cannot wrap around and
+    // accidentally equal the label count.
+    let pixel_count = u64::from(width) * u64::from(height);
+    ensure!(
+        label_count as u64 == pixel_count,
+        "{label_count} labels given for a {width}x{height} mask ({pixel_count} pixels)"
+    );
+    Ok(())
+}
+
+fn encode_label_png(out: &mut dyn Write, labels: &[u8], width: u32, height: u32) -> Result<()> {
+    let palette = voc_palette();
+    let mut encoder = png::Encoder::new(out, width, height);
+    encoder.set_color(png::ColorType::Indexed);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_palette(palette.as_flattened());
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(labels)?;
+    writer.finish()?;
+    Ok(())
+}
+
+const NPY_MAGIC_AND_VERSION_1_0: &[u8] = b"\x93NUMPY\x01\x00";
+const NPY_HEADER_LENGTH_FIELD_BYTES: usize = 2;
+const NPY_DATA_ALIGNMENT: usize = 64;
+/// numpy reserves room for the leading axis to grow to this many digits.
+const NPY_GROWTH_AXIS_MAX_DIGITS: usize = 21;
+
+/// Writes `data` as a C-ordered little-endian float32 array of the given `shape` in NumPy `.npy`
+/// format version 1.0, byte-for-byte as `numpy.save` writes it.
+///
+/// An empty `shape` is a 0-dimensional array holding exactly one value.
+pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    check_element_count(shape, data.len())
+        .and_then(|()| npy_f32_header(shape))
+        .and_then(|header| {
+            write_atomically(path, |out| {
+                out.write_all(&header)?;
+                for value in data {
+                    out.write_all(&value.to_le_bytes())?;
+                }
+                Ok(())
+            })
+        })
+        .with_context(|| format!("cannot write array {}", path.display()))
+}
+
+fn check_element_count(shape: &[usize], element_count: usize) -> Result<()> {
+    let shape_element_count = shape
+        .iter()
+        .try_fold(1usize, |product, &dim| product.checked_mul(dim))
+        .with_context(|| format!("shape {shape:?} has more elements than fit in memory"))?;
+    ensure!(
+        shape_element_count == element_count,
+        "shape {shape:?} holds {shape_element_count} values but {element_count} were given"
+    );
+    Ok(())
+}
+
+/// The magic string, version, header length and header dictionary of a `.npy` file.
+fn npy_f32_header(shape: &[usize]) -> Result<Vec<u8>> {
+    let mut dictionary = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': {}, }}",
+        python_tuple_repr(shape)
+    );
+    // numpy leaves spare spaces so the leading dimension can later grow in place (appending rows
+    // without rewriting the file); reproducing them makes our files identical to `np.save`'s.
+    if let Some(leading_dimension) = shape.first() {
+        let digits = leading_dimension.to_string().len();
+        let growth_room = NPY_GROWTH_AXIS_MAX_DIGITS.saturating_sub(digits);
+        dictionary.push_str(&" ".repeat(growth_room));
+    }
+
+    let prefix_length = NPY_MAGIC_AND_VERSION_1_0.len() + NPY_HEADER_LENGTH_FIELD_BYTES;
+    let unpadded_length = prefix_length + dictionary.len() + "\n".len();
+    // Like numpy, pad by a whole alignment block when already aligned, so files stay identical.
+    let padding = NPY_DATA_ALIGNMENT - unpadded_length % NPY_DATA_ALIGNMENT;
+    let header_length = dictionary.len() + padding + "\n".len();
+    let Ok(header_length_field) = u16::try_from(header_length) else {
+        bail!(
+            "shape {shape:?} has too many dimensions for a version 1.0 .npy header \
+             ({header_length} bytes, at most {})",
+            u16::MAX
+        );
+    };
+
+    let mut header = Vec::with_capacity(prefix_length + header_length);
+    header.extend_from_slice(NPY_MAGIC_AND_VERSION_1_0);
+    header.extend_from_slice(&header_length_field.to_le_bytes());
+    header.extend_from_slice(dictionary.as_bytes());
+    header.resize(header.len() + padding, b' ');
+    header.push(b'\n');
+    Ok(header)
+}
+
+/// Python's `repr` of a tuple of ints, which numpy evaluates when loading: `()`, `(5,)`, `(2, 3)`.
+fn python_tuple_repr(dimensions: &[usize]) -> String {
+    match dimensions {
+        [single] => format!("({single},)"),
+        _ => {
+            let items: Vec<String> = dimensions.iter().map(ToString::to_string).collect();
+            format!("({})", items.join(", "))
+        }
+    }
+}
+
+/// Creates a hidden temporary sibling of `path`, lets `write` fill it through a buffered writer,
+/// flushes and fsyncs it, then renames it over `path`.
+///
+/// The rename is atomic, so readers see either the old file or the complete new one. The
+/// temporary file is removed whenever this returns an error or `write` panics. Its name is
+/// `.<file name>.<random>.tmp`, created with exclusive create and retried with fresh random names
+/// on collision, so concurrent threads or processes writing into one directory never share a
+/// temporary file (whichever rename comes last wins, and it is always a complete file). The leading
+/// dot and the `.tmp` suffix keep it out of globs such as `*.png`. A process killed mid-write
+/// (e.g. by Ctrl-C) can leave such a hidden file behind, but never a partial `path`.
+///
+/// Errors name the step and the file that failed; callers add context saying what the file is.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{} does not name a file", path.display()))?;
+    let directory = parent_directory(path);
+
+    // Dropping a NamedTempFile deletes it, which covers every early return below and unwinding.
+    let mut temp_file = create_temp_sibling(directory, file_name)
+        .with_context(|| format!("cannot create a temporary file in {}", directory.display()))?;
+    let temp_path = temp_file.path().to_path_buf();
+
+    let mut buffered = BufWriter::new(temp_file.as_file_mut());
+    write(&mut buffered)
+        .with_context(|| format!("cannot write temporary file {}", temp_path.display()))?;
+    let file = buffered
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)
+        .with_context(|| format!("cannot write temporary file {}", temp_path.display()))?;
+    // Without the fsync, a crash soon after the rename could leave `path` naming an empty or
+    // partly written file, since the rename can reach the disk before the data does.
+    file.sync_all()
+        .with_context(|| format!("cannot flush {} to disk", temp_path.display()))?;
+
+    temp_file
+        .persist(path)
+        .map_err(|error| error.error)
+        .with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                temp_path.display(),
+                path.display()
+            )
+        })?;
+    Ok(())
+}
+
+/// The directory holding `path`; a bare file name such as `mask.png` has an empty parent, which
+/// means the current directory.
+fn parent_directory(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// Creates `.<file name>.<random>.tmp` in `directory`.
+fn create_temp_sibling(directory: &Path, file_name: &OsStr) -> io::Result<NamedTempFile> {
+    let mut prefix = OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // tempfile defaults to owner-only 0o600 because it expects private scratch files; this file
+    // becomes the user's output, so give it the permissions `File::create` would (umask applies).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(directory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Cursor;
+    use std::path::PathBuf;
+
+    /// Every entry in `directory`, so tests can spot leftover temporary files.
+    fn directory_entries(directory: &Path) -> Vec<PathBuf> {
+        let mut entries: Vec<PathBuf> = fs::read_dir(directory)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    #[test]
+    fn palette_matches_the_pascal_voc_class_colours() {
+        // Colours of the 21 VOC classes and the void label as published with the VOC devkit.
+        let known_colours: [(usize, [u8; 3]); 22] = [
+            (0, [0, 0, 0]),         // background
+            (1, [128, 0, 0]),       // aeroplane
+            (2, [0, 128, 0]),       // bicycle
+            (3, [128, 128, 0]),     // bird
+            (4, [0, 0, 128]),       // boat
+            (5, [128, 0, 128]),     // bottle
+            (6, [0, 128, 128]),     // bus
+            (7, [128, 128, 128]),   // car
+            (8, [64, 0, 0]),        // cat
+            (9, [192, 0, 0]),       // chair
+            (10, [64, 128, 0]),     // cow
+            (11, [192, 128, 0]),    // dining table
+            (12, [64, 0, 128]),     // dog
+            (13, [192, 0, 128]),    // horse
+            (14, [64, 128, 128]),   // motorbike
+            (15, [192, 128, 128]),  // person
+            (16, [0, 64, 0]),       // potted plant
+            (17, [128, 64, 0]),     // sheep
+            (18, [0, 192, 0]),      // sofa
+            (19, [128, 192, 0]),    // train
+            (20, [0, 64, 128]),     // tv monitor
+            (255, [224, 224, 192]), // void / object boundary
+        ];
+        let palette = voc_palette();
+        for (index, colour) in known_colours {
+            assert_eq!(palette[index], colour, "palette entry {index}");
+        }
+    }
+
+    #[test]
+    fn palette_gives_every_index_its_own_colour() {
+        let mut colours = voc_palette().to_vec();
+        colours.sort();
+        colours.dedup();
+        assert_eq!(colours.len(), 256);
+    }
+
+    #[test]
+    fn label_png_reads_back_as_raw_indices_with_the_voc_palette() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("mask.png");
+        let (width, height) = (5u32, 3u32);
+        let labels: Vec<u8> = vec![
+            0, 1, 2, 3, 4, //
+            15, 15, 15, 20, 21, //
+            254, 255, 0, 7, 128,
+        ];
+        write_label_png(&path, &labels, width, height).unwrap();
+
+        let bytes = fs::read(&path).unwrap();
+        let mut reader = png::Decoder::new(Cursor::new(&bytes)).read_info().unwrap();
+        let info = reader.info();
+        assert_eq!((info.width, info.height), (width, height));
+        assert_eq!(info.color_type, png::ColorType::Indexed);
+        assert_eq!(info.bit_depth, png::BitDepth::Eight);
+        assert!(info.trns.is_none(), "masks must be fully opaque");
+        let palette = info.palette.as_deref().expect("PLTE chunk");
+        assert_eq!(palette, voc_palette().as_flattened());
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        let frame = reader.next_frame(&mut pixels).unwrap();
+        assert_eq!(&pixels[..frame.buffer_size()], labels.as_slice());
+
+        let mut expanding_decoder = png::Decoder::new(Cursor::new(&bytes));
+        expanding_decoder.set_transformations(png::Transformations::EXPAND);
+        let mut expanding_reader = expanding_decoder.read_info().unwrap();
+        assert_eq!(
+            expanding_reader.output_color_type(),
+            (png::ColorType::Rgb, png::BitDepth::Eight)
+        );
+        let mut rgb = vec![0; expanding_reader.output_buffer_size().unwrap()];
+        expanding_reader.next_frame(&mut rgb).unwrap();
+        let person_pixel = 5; // row 1, column 0
+        assert_eq!(labels[person_pixel], 15);
+        assert_eq!(rgb[person_pixel * 3..][..3], [192, 128, 128]);
+        let void_pixel = 11; // row 2, column 1
+        assert_eq!(labels[void_pixel], 255);
+        assert_eq!(rgb[void_pixel * 3..][..3], [224, 224, 192]);
+    }
+
+    #[test]
+    fn label_png_with_wrong_label_count_names_the_mask_and_writes_nothing() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("mask.png");
+        let error = write_label_png(&path, &[0; 5], 2, 3).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with(&format!("cannot write mask {}: ", path.display())),
+            "{message}"
+        );
+        assert!(
+            message.contains("5 labels given for a 2x3 mask"),
+            "{message}"
+        );
+        assert!(directory_entries(directory.path()).is_empty());
+    }
+
+    #[test]
+    fn label_png_into_missing_directory_says_which_path_and_why() {
+        let directory = tempfile::tempdir().unwrap();
+        let missing = directory.path().join("missing");
+        let path = missing.join("mask.png");
+        let error = write_label_png(&path, &[0], 1, 1).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with(&format!(
+                "cannot write mask {}: cannot create a temporary file in {}: ",
+                path.display(),
+                missing.display()
+            )),
+            "{message}"
+        );
+        let io_error = error.root_cause().downcast_ref::<io::Error>().unwrap();
+        assert_eq!(io_error.kind(), io::ErrorKind::NotFound);
+    }
+
+    // The expected headers below are the exact bytes `numpy.save` (numpy 2.4.6) writes for
+    // `np.zeros(shape, np.float32)`, printed with Python's `repr`.
+    const NUMPY_HEADER_2_BY_3: &[u8] = b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }                                                          \n";
+    const NUMPY_HEADER_5: &[u8] = b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (5,), }                                                            \n";
+
+    #[test]
+    fn npy_matches_numpy_bytes_for_a_2d_array() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("logits.npy");
+        let data = [1.0, -2.5, 0.1, 0.0, f32::MAX, -0.0];
+        write_npy_f32(&path, &[2, 3], &data).unwrap();
+
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(NUMPY_HEADER_2_BY_3.len(), 128);
+        assert_eq!(&bytes[..NUMPY_HEADER_2_BY_3.len()], NUMPY_HEADER_2_BY_3);
+        let payload = &bytes[NUMPY_HEADER_2_BY_3.len()..];
+        // Little-endian IEEE 754 encodings, as `np.array([...], '<f4').tobytes()` prints them.
+        let expected_payload: [u8; 24] = [
+            0x00, 0x00, 0x80, 0x3f, // 1.0
+            0x00, 0x00, 0x20, 0xc0, // -2.5
+            0xcd, 0xcc, 0xcc, 0x3d, // 0.1
+            0x00, 0x00, 0x00, 0x00, // 0.0
+            0xff, 0xff, 0x7f, 0x7f, // f32::MAX
+            0x00, 0x00, 0x00, 0x80, // -0.0
+        ];
+        assert_eq!(payload, expected_payload);
+    }
+
+    #[test]
+    fn npy_matches_numpy_bytes_for_a_1d_array() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("scores.npy");
+        write_npy_f32(&path, &[5], &[0.0; 5]).unwrap();
+
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(&bytes[..NUMPY_HEADER_5.len()], NUMPY_HEADER_5);
+        assert_eq!(bytes.len(), NUMPY_HEADER_5.len() + 5 * 4);
+    }
+
+    /// Reads the header length field and returns (header text, offset where the data starts).
+    fn parse_npy_header(bytes: &[u8]) -> (&str, usize) {
+        assert_eq!(&bytes[..8], NPY_MAGIC_AND_VERSION_1_0);
+        let header_length = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+        let data_offset = 10 + header_length;
+        let text = std::str::from_utf8(&bytes[10..data_offset]).unwrap();
+        (text, data_offset)
+    }
+
+    #[test]
+    fn npy_zero_dimensional_array_has_empty_shape_and_one_value() {
+        let header = npy_f32_header(&[]).unwrap();
+        let (text, data_offset) = parse_npy_header(&header);
+        // numpy.save(np.float32(0)) writes a 118-byte header for shape ().
+        assert_eq!(data_offset, 128);
+        assert!(
+            text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (), }"),
+            "{text}"
+        );
+        assert!(check_element_count(&[], 1).is_ok());
+        assert!(check_element_count(&[], 0).is_err());
+    }
+
+    #[test]
+    fn npy_header_keeps_numpy_growth_room_and_full_block_padding() {
+        // For shape (1,) * 13 + (100,) the dictionary plus numpy's growth spaces end exactly on a
+        // 64-byte boundary; numpy 2.4.6 then still pads a whole block, giving data at 192.
+        let shape: Vec<usize> = [1; 13].into_iter().chain([100]).collect();
+        let header = npy_f32_header(&shape).unwrap();
+        let (text, data_offset) = parse_npy_header(&header);
+        assert_eq!(data_offset, 192);
+        assert!(text.ends_with(" \n"));
+        // For shape (1,) * 16 the growth spaces alone push the data from 128 to 192 in numpy.
+        let (_, data_offset) = parse_npy_header(&npy_f32_header(&[1; 16]).unwrap());
+        assert_eq!(data_offset, 192);
+    }
+
+    #[test]
+    fn npy_header_data_offset_is_always_64_byte_aligned() {
+        for dimensions in 0..40 {
+            for leading in [0, 7, 12_345, usize::MAX] {
+                let shape: Vec<usize> = std::iter::once(leading)
+                    .chain(std::iter::repeat_n(3, dimensions))
+                    .collect();
+                let header = npy_f32_header(&shape).unwrap();
+                let (text, data_offset) = parse_npy_header(&header);
+                assert_eq!(data_offset % 64, 0, "shape {shape:?}");
+                assert_eq!(data_offset, header.len());
+                assert!(text.ends_with('\n'));
+            }
+        }
+    }
+
+    #[test]
+    fn npy_with_mismatched_shape_names_the_array_and_writes_nothing() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("logits.npy");
+        let error = write_npy_f32(&path, &[2, 3], &[0.0; 5]).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(
+            message.starts_with(&format!("cannot write array {}: ", path.display())),
+            "{message}"
+        );
+        assert!(
+            message.contains("holds 6 values but 5 were given"),
+            "{message}"
+        );
+        let overflowing = write_npy_f32(&path, &[usize::MAX, 2], &[]).unwrap_err();
+        assert!(format!("{overflowing:#}").contains("more elements than fit"));
+        assert!(directory_entries(directory.path()).is_empty());
+    }
+
+    #[test]
+    fn npy_header_too_long_for_version_1_is_an_error() {
+        let error = npy_f32_header(&[1; 30_000]).unwrap_err();
+        assert!(
+            format!("{error}").contains("too many dimensions"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn successful_write_leaves_only_the_target() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.bin");
+        write_atomically(&path, |out| Ok(out.write_all(b"complete")?)).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"complete");
+        assert_eq!(directory_entries(directory.path()), vec![path]);
+    }
+
+    #[test]
+    fn failing_writer_leaves_no_target_and_no_temporary_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.bin");
+        let error = write_atomically(&path, |out| {
+            out.write_all(&[7; 100_000])?;
+            bail!("model produced NaN")
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").ends_with("model produced NaN"));
+        assert!(directory_entries(directory.path()).is_empty());
+    }
+
+    #[test]
+    fn failing_writer_keeps_the_previous_target_intact() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.bin");
+        write_atomically(&path, |out| Ok(out.write_all(b"previous run")?)).unwrap();
+        write_atomically(&path, |out| {
+            out.write_all(b"partial")?;
+            bail!("interrupted")
+        })
+        .unwrap_err();
+        assert_eq!(fs::read(&path).unwrap(), b"previous run");
+        assert_eq!(directory_entries(directory.path()), vec![path]);
+    }
+
+    #[test]
+    fn panicking_writer_leaves_no_temporary_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.bin");
+        let outcome = std::panic::catch_unwind(|| {
+            write_atomically(&path, |out| {
+                out.write_all(b"partial")?;
+                panic!("writer panicked on purpose")
+            })
+        });
+        assert!(outcome.is_err());
+        assert!(directory_entries(directory.path()).is_empty());
+    }
+
+    #[test]
+    fn existing_target_is_replaced_whole() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("out.bin");
+        fs::write(&path, vec![b'x'; 10_000]).unwrap();
+        write_atomically(&path, |out| Ok(out.write_all(b"short")?)).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"short");
+        assert_eq!(directory_entries(directory.path()), vec![path]);
+    }
+
+    #[test]
+    fn bare_file_name_is_created_in_the_current_directory() {
+        assert_eq!(parent_directory(Path::new("mask.png")), Path::new("."));
+        assert_eq!(
+            parent_directory(Path::new("out/mask.png")),
+            Path::new("out")
+        );
+    }
+
+    #[test]
+    fn path_without_a_file_name_is_rejected() {
+        let error = write_atomically(Path::new("out/.."), |_| Ok(())).unwrap_err();
+        assert_eq!(format!("{error:#}"), "out/.. does not name a file");
+    }
+
+    #[test]
+    fn concurrent_writers_to_one_path_never_expose_a_partial_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("shared.bin");
+        let content_length = 64 * 1024;
+        write_atomically(&path, |out| Ok(out.write_all(&vec![0; content_length])?)).unwrap();
+
+        std::thread::scope(|scope| {
+            for writer_id in 1..=4u8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        write_atomically(path, |out| {
+                            Ok(out.write_all(&vec![writer_id; content_length])?)
+                        })
+                        .unwrap();
+                    }
+                });
+            }
+            let path = &path;
+            scope.spawn(move || {
+                for _ in 0..200 {
+                    let contents = fs::read(path).unwrap();
+                    assert_eq!(contents.len(), content_length);
+                    assert!(contents.iter().all(|&byte| byte == contents[0]));
+                }
+            });
+        });
+        assert_eq!(directory_entries(directory.path()), vec![path]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_file_gets_the_same_permissions_as_file_create() {
+        use std::os::unix::fs::PermissionsExt;
+        let directory = tempfile::tempdir().unwrap();
+        let reference = directory.path().join("reference");
+        fs::File::create(&reference).unwrap();
+        let path = directory.path().join("out.bin");
+        write_atomically(&path, |_| Ok(())).unwrap();
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode();
+        assert_eq!(mode(&path), mode(&reference));
+    }
+}

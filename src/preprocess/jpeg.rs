@@ -1,0 +1,311 @@
+//! JPEG decoding that reproduces OpenCV's `cv2.imdecode(buf, cv2.IMREAD_COLOR)` bit for bit.
+//!
+//! The reference pipeline decodes with OpenCV, whose JPEG codec is libjpeg-turbo run with the
+//! library defaults: accurate integer IDCT, "fancy" (triangle filter) chroma upsampling and
+//! libjpeg's own YCbCr->RGB tables. The `image` crate's decoder rounds differently and so lands
+//! 1-3 grey levels away on many pixels, which the model downstream amplifies. mozjpeg's decoder
+//! is libjpeg-turbo's, so running it with the same settings gives the same bytes.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::io::{self, BufRead, Read};
+use std::panic::{self, AssertUnwindSafe};
+
+use anyhow::{anyhow, bail, Result};
+use image::RgbImage;
+use mozjpeg::{ColorSpace, Decompress};
+
+/// Decodes a JPEG to 8-bit RGB exactly as OpenCV's imdecode(IMREAD_COLOR) does before any EXIF rotation
+/// (the caller applies the orientation). Errors say what is wrong with the data (truncated, not a JPEG, ...).
+pub(crate) fn decode_jpeg(bytes: &[u8]) -> anyhow::Result<image::RgbImage> {
+    // imdecode only hands data that starts with this signature to its JPEG decoder; libjpeg itself
+    // would accept any FF D8 and skip junk up to the next marker.
+    if !bytes.starts_with(&JPEG_SIGNATURE) {
+        bail!("not a JPEG file: it does not start with the JPEG signature FF D8 FF");
+    }
+    let ran_out_of_data = Cell::new(false);
+    let source = EndTrackingReader {
+        remaining: bytes,
+        ran_out_of_data: &ran_out_of_data,
+    };
+    // The mozjpeg wrapper reports libjpeg's fatal errors by unwinding out of the C code (without
+    // running the panic hook), so that is where they have to be caught. The closure owns all of
+    // libjpeg's state, which unwinding drops; only the flag outlives it, and it is only ever set.
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| decode_with_libjpeg(source)));
+    let decoded = outcome.unwrap_or_else(|payload| Err(anyhow!(panic_message(payload.as_ref()))));
+    if !ran_out_of_data.get() {
+        return decoded;
+    }
+    // libjpeg (as mozjpeg's reader sets it up) pads a truncated stream with grey and carries on,
+    // but OpenCV's in-memory source suspends at the end of the data, and imdecode then returns no
+    // image at all. That includes a file that only lacks its end-of-image marker.
+    Err(match decoded {
+        Ok(_) => anyhow!("the JPEG data is truncated: it ends before the image is complete"),
+        Err(error) => error.context("the JPEG data is truncated"),
+    })
+}
+
+const JPEG_SIGNATURE: [u8; 3] = [0xFF, 0xD8, 0xFF];
+
+fn decode_with_libjpeg(source: EndTrackingReader<'_>) -> Result<RgbImage> {
+    let header = Decompress::builder().from_reader(source)?;
+    // Like OpenCV: every 4-component JPEG (CMYK, or YCCK with an Adobe marker) is read as CMYK and
+    // converted below; everything else goes through libjpeg's own conversion, which also expands
+    // greyscale to three equal channels. libjpeg's other defaults (accurate integer IDCT, fancy
+    // upsampling, block smoothing of incomplete progressive scans) are what OpenCV uses too.
+    if header.components().len() == 4 {
+        let mut decoder = header.to_colorspace(ColorSpace::JCS_CMYK)?;
+        let (width, height) = (decoder.width(), decoder.height());
+        let cmyk: Vec<[u8; 4]> = decoder.read_scanlines()?;
+        let rgb = cmyk.into_iter().flat_map(cmyk_to_rgb).collect();
+        rgb_image(width, height, rgb)
+    } else {
+        let mut decoder = header.to_colorspace(ColorSpace::JCS_EXT_RGB)?;
+        let (width, height) = (decoder.width(), decoder.height());
+        let rgb: Vec<u8> = decoder.read_scanlines()?;
+        rgb_image(width, height, rgb)
+    }
+    // jpeg_finish_decompress is deliberately not called: OpenCV ignores whatever follows the last
+    // row (trailing garbage, a second image), and dropping the decoder frees libjpeg's state.
+}
+
+/// OpenCV's `icvCvt_CMYK2BGR_8u_C4C3R`, reordered to RGB. libjpeg hands over the samples as
+/// stored, which for Adobe files are inverted (255 = no ink), hence `k * c / 256`, rounded down.
+fn cmyk_to_rgb([cyan, magenta, yellow, black]: [u8; 4]) -> [u8; 3] {
+    let k = u32::from(black);
+    // Never exceeds k, so the result fits a byte.
+    let channel = |ink: u8| (k - (((255 - u32::from(ink)) * k) >> 8)) as u8;
+    [channel(cyan), channel(magenta), channel(yellow)]
+}
+
+fn rgb_image(width: usize, height: usize, rgb: Vec<u8>) -> Result<RgbImage> {
+    let too_large = || anyhow!("the JPEG is too large: {width}x{height}");
+    let width = u32::try_from(width).map_err(|_| too_large())?;
+    let height = u32::try_from(height).map_err(|_| too_large())?;
+    RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| anyhow!("libjpeg returned fewer pixels than {width}x{height}"))
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("libjpeg failed for an unknown reason");
+    // The wrapper prefixes every fatal error with this; the caller adds its own context.
+    message
+        .strip_prefix("libjpeg fatal error: ")
+        .unwrap_or(message)
+        .to_owned()
+}
+
+/// The whole JPEG as one buffer, noting whether libjpeg ever asked for more data than there is.
+/// OpenCV's source manager gives up at exactly that point; mozjpeg's fakes an end-of-image marker.
+struct EndTrackingReader<'a> {
+    remaining: &'a [u8],
+    ran_out_of_data: &'a Cell<bool>,
+}
+
+impl Read for EndTrackingReader<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let count = self.fill_buf()?.read(buffer)?;
+        self.consume(count);
+        Ok(count)
+    }
+}
+
+impl BufRead for EndTrackingReader<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.remaining.is_empty() {
+            self.ran_out_of_data.set(true);
+        }
+        Ok(self.remaining)
+    }
+
+    fn consume(&mut self, count: usize) {
+        self.remaining = &self.remaining[count..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Tiny JPEGs written by Pillow (optimised Huffman tables, JFIF header dropped); the expected
+    // pixels come from cv2.imdecode(IMREAD_COLOR) with OpenCV 4.14 (libjpeg-turbo 3.1.2), then BGR->RGB.
+
+    /// 16x16, 4:2:0, quality 75: a colour ramp with a saturated red patch.
+    const COLOUR_420: &[u8] = &[
+        0xff, 0xd8, 0xff, 0xdb, 0x00, 0x43, 0x00, 0x08, 0x06, 0x06, 0x07, 0x06, 0x05, 0x08, 0x07,
+        0x07, 0x07, 0x09, 0x09, 0x08, 0x0a, 0x0c, 0x14, 0x0d, 0x0c, 0x0b, 0x0b, 0x0c, 0x19, 0x12,
+        0x13, 0x0f, 0x14, 0x1d, 0x1a, 0x1f, 0x1e, 0x1d, 0x1a, 0x1c, 0x1c, 0x20, 0x24, 0x2e, 0x27,
+        0x20, 0x22, 0x2c, 0x23, 0x1c, 0x1c, 0x28, 0x37, 0x29, 0x2c, 0x30, 0x31, 0x34, 0x34, 0x34,
+        0x1f, 0x27, 0x39, 0x3d, 0x38, 0x32, 0x3c, 0x2e, 0x33, 0x34, 0x32, 0xff, 0xdb, 0x00, 0x43,
+        0x01, 0x09, 0x09, 0x09, 0x0c, 0x0b, 0x0c, 0x18, 0x0d, 0x0d, 0x18, 0x32, 0x21, 0x1c, 0x21,
+        0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32,
+        0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32,
+        0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32, 0x32,
+        0x32, 0x32, 0x32, 0x32, 0x32, 0xff, 0xc0, 0x00, 0x11, 0x08, 0x00, 0x10, 0x00, 0x10, 0x03,
+        0x01, 0x22, 0x00, 0x02, 0x11, 0x01, 0x03, 0x11, 0x01, 0xff, 0xc4, 0x00, 0x15, 0x00, 0x01,
+        0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x06, 0x07, 0xff, 0xc4, 0x00, 0x21, 0x10, 0x00, 0x02, 0x01, 0x04, 0x00, 0x07, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x05, 0x00, 0x03, 0x04, 0x11,
+        0x06, 0x12, 0x32, 0x41, 0x51, 0x71, 0x81, 0xff, 0xc4, 0x00, 0x14, 0x01, 0x01, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0xff,
+        0xc4, 0x00, 0x20, 0x11, 0x00, 0x01, 0x03, 0x02, 0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x03, 0x11, 0x00, 0x13, 0x04, 0x05, 0x06, 0x21,
+        0x31, 0x51, 0x91, 0xff, 0xda, 0x00, 0x0c, 0x03, 0x01, 0x00, 0x02, 0x11, 0x03, 0x11, 0x00,
+        0x3f, 0x00, 0x9d, 0xc7, 0xc1, 0x2a, 0x28, 0x67, 0x1a, 0x1e, 0xa9, 0x44, 0x3c, 0x4a, 0x64,
+        0x3b, 0x2a, 0x27, 0x46, 0xb7, 0xf6, 0x95, 0x60, 0x70, 0xea, 0xb8, 0x01, 0xed, 0x06, 0x1e,
+        0x08, 0xdd, 0x27, 0xc1, 0x80, 0xb1, 0x86, 0x9c, 0xcb, 0x61, 0x14, 0xb7, 0x65, 0x50, 0x0b,
+        0x52, 0x4e, 0x26, 0xcc, 0xbc, 0xe2, 0xe1, 0x03, 0x9a, 0x46, 0x41, 0xa8, 0x18, 0x2c, 0x04,
+        0x00, 0x6e, 0x77, 0x3b, 0x79, 0x5f, 0xff, 0xd9,
+    ];
+
+    /// 8x8 greyscale, quality 75.
+    const GREY: &[u8] = &[
+        0xff, 0xd8, 0xff, 0xdb, 0x00, 0x43, 0x00, 0x08, 0x06, 0x06, 0x07, 0x06, 0x05, 0x08, 0x07,
+        0x07, 0x07, 0x09, 0x09, 0x08, 0x0a, 0x0c, 0x14, 0x0d, 0x0c, 0x0b, 0x0b, 0x0c, 0x19, 0x12,
+        0x13, 0x0f, 0x14, 0x1d, 0x1a, 0x1f, 0x1e, 0x1d, 0x1a, 0x1c, 0x1c, 0x20, 0x24, 0x2e, 0x27,
+        0x20, 0x22, 0x2c, 0x23, 0x1c, 0x1c, 0x28, 0x37, 0x29, 0x2c, 0x30, 0x31, 0x34, 0x34, 0x34,
+        0x1f, 0x27, 0x39, 0x3d, 0x38, 0x32, 0x3c, 0x2e, 0x33, 0x34, 0x32, 0xff, 0xc0, 0x00, 0x0b,
+        0x08, 0x00, 0x08, 0x00, 0x08, 0x01, 0x01, 0x11, 0x00, 0xff, 0xc4, 0x00, 0x14, 0x00, 0x01,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x06, 0xff, 0xc4, 0x00, 0x21, 0x10, 0x00, 0x01, 0x02, 0x05, 0x05, 0x01, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x02, 0x04, 0x03, 0x05, 0x06, 0x11, 0x21,
+        0x12, 0x13, 0x22, 0x31, 0x42, 0x51, 0xff, 0xda, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x3f,
+        0x00, 0x25, 0x4a, 0xc2, 0xa7, 0xd3, 0x48, 0xb9, 0x6c, 0xe2, 0x5e, 0xe1, 0x73, 0xe5, 0x47,
+        0x0a, 0x6e, 0xe8, 0x28, 0xed, 0xa2, 0x1f, 0x0c, 0x11, 0xaa, 0xd7, 0xc2, 0xfc, 0x9e, 0xc6,
+        0x7e, 0x7f, 0xff, 0xd9,
+    ];
+
+    /// 8x8 Adobe CMYK (inverted samples), quality 75, as Pillow writes CMYK.
+    const CMYK: &[u8] = &[
+        0xff, 0xd8, 0xff, 0xee, 0x00, 0x0e, 0x41, 0x64, 0x6f, 0x62, 0x65, 0x00, 0x64, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0xff, 0xdb, 0x00, 0x43, 0x00, 0x08, 0x06, 0x06, 0x07, 0x06, 0x05, 0x08,
+        0x07, 0x07, 0x07, 0x09, 0x09, 0x08, 0x0a, 0x0c, 0x14, 0x0d, 0x0c, 0x0b, 0x0b, 0x0c, 0x19,
+        0x12, 0x13, 0x0f, 0x14, 0x1d, 0x1a, 0x1f, 0x1e, 0x1d, 0x1a, 0x1c, 0x1c, 0x20, 0x24, 0x2e,
+        0x27, 0x20, 0x22, 0x2c, 0x23, 0x1c, 0x1c, 0x28, 0x37, 0x29, 0x2c, 0x30, 0x31, 0x34, 0x34,
+        0x34, 0x1f, 0x27, 0x39, 0x3d, 0x38, 0x32, 0x3c, 0x2e, 0x33, 0x34, 0x32, 0xff, 0xc0, 0x00,
+        0x14, 0x08, 0x00, 0x08, 0x00, 0x08, 0x04, 0x43, 0x11, 0x00, 0x4d, 0x11, 0x00, 0x59, 0x11,
+        0x00, 0x4b, 0x11, 0x00, 0xff, 0xc4, 0x00, 0x15, 0x00, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x06, 0x07, 0xff, 0xc4, 0x00,
+        0x24, 0x10, 0x00, 0x00, 0x05, 0x03, 0x03, 0x05, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x01, 0x02, 0x03, 0x11, 0x12, 0x00, 0x04, 0x05, 0x13, 0x41, 0xc1, 0x06,
+        0x07, 0x14, 0x15, 0x51, 0x52, 0xff, 0xda, 0x00, 0x0e, 0x04, 0x43, 0x00, 0x4d, 0x00, 0x59,
+        0x00, 0x4b, 0x00, 0x00, 0x3f, 0x00, 0x1d, 0xda, 0xdc, 0x1f, 0xbf, 0xbd, 0x3d, 0xb7, 0x91,
+        0xa1, 0xa4, 0x80, 0xab, 0x28, 0x49, 0xd8, 0xc5, 0x06, 0x67, 0x0f, 0xd5, 0x4b, 0x32, 0x1d,
+        0x3a, 0x9e, 0x3a, 0xdc, 0xab, 0x28, 0x93, 0x80, 0x9a, 0x3f, 0x36, 0x11, 0xe2, 0x88, 0xa6,
+        0x81, 0x71, 0x76, 0x84, 0x5c, 0xc8, 0xcc, 0x04, 0xc0, 0x56, 0x76, 0xd8, 0x47, 0x8a, 0xbf,
+        0xd7, 0xff, 0xd9,
+    ];
+
+    /// Sum of (index + 1) * byte over the whole RGB buffer: a one-level change anywhere shows.
+    fn position_weighted_sum(image: &RgbImage) -> u64 {
+        (1..)
+            .zip(image.as_raw())
+            .map(|(weight, &byte)| weight * u64::from(byte))
+            .sum()
+    }
+
+    fn pixel(image: &RgbImage, x: u32, y: u32) -> [u8; 3] {
+        image.get_pixel(x, y).0
+    }
+
+    #[test]
+    fn decodes_420_colour_like_opencv() {
+        let image = decode_jpeg(COLOUR_420).unwrap();
+        assert_eq!(image.dimensions(), (16, 16));
+        // The first three are pixels where the image crate's decoder is off by 1-2 levels.
+        assert_eq!(pixel(&image, 3, 1), [48, 18, 72]);
+        assert_eq!(pixel(&image, 11, 1), [185, 12, 153]);
+        assert_eq!(pixel(&image, 12, 1), [196, 7, 151]);
+        assert_eq!(pixel(&image, 8, 6), [239, 18, 61]);
+        assert_eq!(pixel(&image, 15, 15), [239, 244, 30]);
+        assert_eq!(position_weighted_sum(&image), 43_662_790);
+    }
+
+    #[test]
+    fn decodes_greyscale_to_three_equal_channels_like_opencv() {
+        let image = decode_jpeg(GREY).unwrap();
+        let expected: [[u8; 8]; 8] = [
+            [2, 17, 20, 49, 47, 54, 52, 80],
+            [5, 16, 17, 29, 45, 64, 75, 93],
+            [10, 20, 34, 255, 253, 244, 79, 71],
+            [9, 29, 47, 248, 247, 248, 102, 94],
+            [34, 28, 16, 255, 247, 248, 75, 91],
+            [14, 38, 58, 53, 75, 82, 99, 106],
+            [35, 43, 45, 58, 73, 83, 90, 107],
+            [32, 49, 56, 67, 82, 95, 100, 112],
+        ];
+        let decoded: Vec<[u8; 8]> = (0..8)
+            .map(|y| std::array::from_fn(|x| pixel(&image, x as u32, y)[0]))
+            .collect();
+        assert_eq!(decoded, expected);
+        assert!(image.pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]));
+    }
+
+    #[test]
+    fn converts_adobe_cmyk_like_opencv() {
+        let image = decode_jpeg(CMYK).unwrap();
+        assert_eq!(image.dimensions(), (8, 8));
+        assert_eq!(pixel(&image, 0, 0), [1, 1, 36]);
+        assert_eq!(pixel(&image, 1, 0), [17, 1, 49]);
+        assert_eq!(pixel(&image, 2, 0), [41, 2, 58]);
+        assert_eq!(pixel(&image, 6, 5), [222, 38, 61]);
+        assert_eq!(pixel(&image, 7, 7), [223, 21, 57]);
+        assert_eq!(position_weighted_sum(&image), 1_497_137);
+    }
+
+    #[test]
+    fn ignores_data_after_the_end_of_image_like_opencv() {
+        let with_trailer = [COLOUR_420, b"trailing junk"].concat();
+        assert_eq!(
+            decode_jpeg(&with_trailer).unwrap(),
+            decode_jpeg(COLOUR_420).unwrap()
+        );
+    }
+
+    #[test]
+    fn truncated_data_is_an_error_as_imdecode_returns_no_image() {
+        // 3 bytes: only the signature; 100: inside a quantisation table; 300: inside the scan.
+        for length in [3, 100, 300] {
+            let error = decode_jpeg(&COLOUR_420[..length]).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("truncated"),
+                "{length} bytes: {error:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_end_of_image_marker_is_fine_once_every_pixel_is_decoded() {
+        // cv2 decodes this too: libjpeg never needed bytes beyond the scan data.
+        let without_eoi = &COLOUR_420[..COLOUR_420.len() - 2];
+        assert_eq!(
+            decode_jpeg(without_eoi).unwrap(),
+            decode_jpeg(COLOUR_420).unwrap()
+        );
+    }
+
+    #[test]
+    fn data_that_is_not_a_jpeg_is_an_error() {
+        for bytes in [
+            &b""[..],
+            b"\x89PNG\r\n\x1a\n",
+            &[0xFF, 0xD8, 0x00, 0x01, 0x02],
+        ] {
+            let error = decode_jpeg(bytes).unwrap_err();
+            assert!(error.to_string().contains("not a JPEG"), "{error:#}");
+        }
+    }
+
+    #[test]
+    fn fatal_libjpeg_errors_come_back_as_errors() {
+        // Byte 75 is the sample precision in the frame header; libjpeg only decodes 8 bits here.
+        let mut twelve_bit = GREY.to_vec();
+        twelve_bit[75] = 12;
+        let error = decode_jpeg(&twelve_bit).unwrap_err();
+        assert!(error.to_string().contains("precision 12"), "{error:#}");
+    }
+}

@@ -1,0 +1,353 @@
+//! Sliding-window inference geometry (spec section 4): where the windows go, and how their
+//! per-patch logits are stretched back to pixels and averaged where windows overlap.
+
+use rayon::prelude::*;
+
+use crate::interp::linear_taps;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Windows of side `window` every `stride` pixels over a height x width image, row-major.
+/// The last row and column are pulled back inside the image (so they overlap more), and a side
+/// shorter than `window` gives windows as short as that side: nothing is ever padded.
+pub fn window_grid(height: usize, width: usize, window: usize, stride: usize) -> Vec<Window> {
+    assert!(
+        window > 0 && stride > 0,
+        "window and stride must be positive"
+    );
+    let count = |size: usize| (size + stride - 1).saturating_sub(window) / stride + 1;
+    // Start and length of the i-th window along an axis of `size` pixels.
+    let place = |i: usize, size: usize| {
+        let end = (i * stride + window).min(size);
+        let start = end.saturating_sub(window);
+        (start, end - start)
+    };
+    let (rows, cols) = (count(height), count(width));
+    (0..rows)
+        .flat_map(|row| {
+            let (top, window_height) = place(row, height);
+            (0..cols).map(move |col| {
+                let (left, window_width) = place(col, width);
+                Window {
+                    top,
+                    left,
+                    height: window_height,
+                    width: window_width,
+                }
+            })
+        })
+        .collect()
+}
+
+/// Per-query logits for every pixel of the resized image, queries x height x width (row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryLogits {
+    pub queries: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+/// Accumulates per-window query logits into a full-size canvas with a per-pixel count of the
+/// windows that covered it, so that overlapping windows are averaged.
+pub struct LogitCanvas {
+    queries: usize,
+    height: usize,
+    width: usize,
+    /// queries x height x width sums of the windows' stretched logits.
+    sums: Vec<f32>,
+    /// height x width number of windows that covered each pixel.
+    coverage: Vec<u32>,
+}
+
+impl LogitCanvas {
+    pub fn new(queries: usize, height: usize, width: usize) -> Self {
+        LogitCanvas {
+            queries,
+            height,
+            width,
+            sums: vec![0.0; queries * height * width],
+            coverage: vec![0; height * width],
+        }
+    }
+
+    /// Adds one window's logits, queries x grid_h x grid_w (row-major), stretched bilinearly
+    /// (align_corners = false) to the window's own size. The 0..patch-1 pixel rows and columns
+    /// that no patch saw are covered by that stretch. Windows must be added in the reference's
+    /// order (row-major) for the float sums to agree with it.
+    pub fn add_window(&mut self, window: &Window, logits: &[f32], grid_h: usize, grid_w: usize) {
+        assert!(
+            window.top + window.height <= self.height && window.left + window.width <= self.width,
+            "window {window:?} lies outside the {} x {} canvas",
+            self.height,
+            self.width
+        );
+        let grid_len = grid_h * grid_w;
+        assert_eq!(
+            logits.len(),
+            self.queries * grid_len,
+            "expected {} queries x {grid_h} x {grid_w} logits",
+            self.queries
+        );
+        let canvas_width = self.width;
+        let plane_len = self.height * canvas_width;
+        if plane_len == 0 {
+            // An empty canvas has nothing to draw on (and no planes to split it into).
+            return;
+        }
+        let taps_y = linear_taps(grid_h, window.height);
+        let taps_x = linear_taps(grid_w, window.width);
+        self.sums
+            .par_chunks_mut(plane_len)
+            .zip(logits.par_chunks(grid_len))
+            .for_each(|(plane, grid)| {
+                // Every grid row stretched horizontally once; each output row then blends two.
+                let stretched: Vec<f32> = grid
+                    .chunks_exact(grid_w)
+                    .flat_map(|row| taps_x.iter().map(|tap| tap.apply(row[tap.i0], row[tap.i1])))
+                    .collect();
+                for (y, tap_y) in taps_y.iter().enumerate() {
+                    let upper = &stretched[tap_y.i0 * window.width..][..window.width];
+                    let lower = &stretched[tap_y.i1 * window.width..][..window.width];
+                    let start = (window.top + y) * canvas_width + window.left;
+                    let out = &mut plane[start..start + window.width];
+                    for ((sum, &upper), &lower) in out.iter_mut().zip(upper).zip(lower) {
+                        *sum += tap_y.apply(upper, lower);
+                    }
+                }
+            });
+        for row in window.top..window.top + window.height {
+            let start = row * canvas_width + window.left;
+            for count in &mut self.coverage[start..start + window.width] {
+                *count += 1;
+            }
+        }
+    }
+
+    /// The average over the windows that covered each pixel, queries x height x width.
+    /// Panics if a pixel was covered by no window (the window grid always covers the image).
+    pub fn finish(self) -> QueryLogits {
+        assert!(
+            self.coverage.iter().all(|&count| count > 0),
+            "some pixels were covered by no window"
+        );
+        let LogitCanvas {
+            queries,
+            height,
+            width,
+            mut sums,
+            coverage,
+        } = self;
+        let plane_len = height * width;
+        if plane_len > 0 {
+            sums.par_chunks_mut(plane_len).for_each(|plane| {
+                for (value, &count) in plane.iter_mut().zip(&coverage) {
+                    *value /= count as f32;
+                }
+            });
+        }
+        QueryLogits {
+            queries,
+            height,
+            width,
+            data: sums,
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows(list: &[(usize, usize, usize, usize)]) -> Vec<Window> {
+        list.iter()
+            .map(|&(top, left, height, width)| Window {
+                top,
+                left,
+                height,
+                width,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn window_grid_landscape() {
+        // rows = (336 - 224 + 111) / 112 + 1 = 2, cols = (448 - 224 + 111) / 112 + 1 = 3.
+        let expected = windows(&[
+            (0, 0, 224, 224),
+            (0, 112, 224, 224),
+            (0, 224, 224, 224),
+            (112, 0, 224, 224),
+            (112, 112, 224, 224),
+            (112, 224, 224, 224),
+        ]);
+        assert_eq!(window_grid(336, 448, 224, 112), expected);
+    }
+
+    #[test]
+    fn window_grid_square() {
+        let expected = windows(&[
+            (0, 0, 224, 224),
+            (0, 112, 224, 224),
+            (112, 0, 224, 224),
+            (112, 112, 224, 224),
+        ]);
+        assert_eq!(window_grid(336, 336, 224, 112), expected);
+    }
+
+    #[test]
+    fn window_grid_exactly_one_window() {
+        assert_eq!(
+            window_grid(224, 224, 224, 112),
+            windows(&[(0, 0, 224, 224)])
+        );
+    }
+
+    #[test]
+    fn window_grid_smaller_than_the_crop() {
+        // 100 rows: one row of 100-pixel-high windows; the second column is pulled back to
+        // end at the right edge (x = 76..300).
+        let expected = windows(&[(0, 0, 100, 224), (0, 76, 100, 224)]);
+        assert_eq!(window_grid(100, 300, 224, 112), expected);
+    }
+
+    #[test]
+    fn window_grid_tall_and_narrow() {
+        // rows = (2048 - 224 + 111) / 112 + 1 = 18; the last one is pulled back to 1824..2048.
+        let tops: Vec<usize> = (0..17).map(|i| i * 112).chain([1824]).collect();
+        let expected: Vec<Window> = tops
+            .iter()
+            .map(|&top| Window {
+                top,
+                left: 0,
+                height: 224,
+                width: 68,
+            })
+            .collect();
+        assert_eq!(window_grid(2048, 68, 224, 112), expected);
+    }
+
+    /// The deterministic window logits the expected canvases were computed from.
+    fn pattern(len: usize, offset: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + offset) % 1000) as f32 / 1000.0 - 0.5)
+            .collect()
+    }
+
+    /// SCLIP's slide inference with `pattern(.., 7 + 31 k)` as window k's logits.
+    fn slide(
+        height: usize,
+        width: usize,
+        crop: usize,
+        stride: usize,
+        queries: usize,
+        patch: usize,
+    ) -> QueryLogits {
+        let mut canvas = LogitCanvas::new(queries, height, width);
+        for (k, window) in window_grid(height, width, crop, stride).iter().enumerate() {
+            let (grid_h, grid_w) = (window.height / patch, window.width / patch);
+            let logits = pattern(queries * grid_h * grid_w, 7 + 31 * k);
+            canvas.add_window(window, &logits, grid_h, grid_w);
+        }
+        canvas.finish()
+    }
+
+    fn assert_close(actual: &[f32], expected: &[f32]) {
+        assert_eq!(actual.len(), expected.len());
+        for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+            assert!((a - e).abs() <= 1e-6, "element {i}: {a} vs {e}");
+        }
+    }
+
+    // The reference loop (window logits laid out as SCLIP's, F.interpolate bilinear to the
+    // window size, F.pad, sum, divide by the coverage count), 2 queries x height x width.
+    #[rustfmt::skip]
+    const CANVAS_6X9: [f32; 108] = [
+        -0.493, -0.26325, 0.19624999, -0.018000007, -0.23225, -0.10187499, 0.127875, 0.25825, 0.48799998,
+        -0.2835, -0.11624999, 0.21825, 0.06649999, -0.085250005, 0.013874993, 0.18112502, 0.28024998, 0.4475,
+        -0.13225, -0.12124999, -0.09925, -0.09475002, -0.09025001, -0.06924999, -0.058249988, -0.037250012, -0.02625002,
+        0.07725001, 0.056999996, 0.016500011, 0.052249983, 0.088, 0.030875027, 0.026250012, 0.047250003, 0.058249995,
+        0.22850001, 0.20825002, 0.16775, 0.20349997, 0.23924999, -0.130375, -0.056874998, 0.042250015, 0.20950001,
+        0.43800002, 0.41775, 0.37725002, 0.413, 0.44875, -0.045874998, 0.05887501, 0.18925002, 0.41900003,
+        0.18300003, 0.16275002, 0.122250006, 0.15799999, 0.19375, 0.199125, 0.178875, 0.18424998, 0.16399997,
+        0.14250003, 0.12225002, 0.081750005, 0.11749999, 0.15324998, 0.158625, 0.138375, 0.14374998, 0.123499975,
+        0.16875002, 0.14850001, 0.108, 0.14374998, 0.17949998, 0.184875, 0.164625, 0.17, 0.14975,
+        0.12825003, 0.10800002, 0.0675, 0.10325, 0.139, 0.144375, 0.124125004, 0.1295, 0.10925,
+        0.15450002, 0.13425002, 0.09375, 0.12949999, 0.16524997, 0.170625, 0.15037501, 0.15575002, 0.13550003,
+        0.11400002, 0.093750015, 0.05325, 0.08899999, 0.12474999, 0.130125, 0.10987501, 0.11525002, 0.09500003,
+    ];
+
+    #[rustfmt::skip]
+    const CANVAS_3X9: [f32; 54] = [
+        -0.493, -0.26325, 0.19624999, -0.018000007, -0.23225, -0.10187499, 0.127875, 0.25825, 0.48799998,
+        -0.493, -0.26325, 0.19624999, -0.018000007, -0.23225, -0.10187499, 0.127875, 0.25825, 0.48799998,
+        -0.493, -0.26325002, 0.19625, -0.018000022, -0.23225, -0.10187499, 0.127875, 0.25824997, 0.48799998,
+        0.34500003, 0.32475, 0.28425002, 0.32, 0.35575, 0.361125, 0.340875, 0.34625, 0.32599998,
+        0.34500003, 0.32475, 0.28425002, 0.32, 0.35575, 0.361125, 0.340875, 0.34625, 0.32599998,
+        0.34500003, 0.32475004, 0.28425, 0.32, 0.35575, 0.361125, 0.340875, 0.34624997, 0.32599998,
+    ];
+
+    /// (row, column, value per query) at sampled pixels of the 150 x 200 case.
+    #[rustfmt::skip]
+    const CANVAS_150X200_SAMPLES: [(usize, usize, [f32; 3]); 12] = [
+        (0, 0, [-0.493, -0.409, -0.325]),
+        (0, 199, [0.16399997, 0.24800003, 0.33200002]),
+        (149, 0, [0.17000002, 0.254, 0.338]),
+        (149, 199, [-0.17300001, -0.08899999, -0.004999995]),
+        (75, 100, [0.032955006, -0.0045200363, -0.049045064]),
+        (10, 37, [0.30207002, 0.16857001, -0.39993]),
+        (99, 150, [-0.029190006, -0.08564, -0.0016399883]),
+        (100, 49, [0.17035, 0.0052500125, -0.13165002]),
+        (120, 180, [0.22849002, 0.31249002, -0.092610046]),
+        (33, 66, [0.007399984, -0.033549994, 0.050450005]),
+        (64, 127, [-0.07459501, -0.0044699945, 0.07953001]),
+        (140, 5, [0.13401993, 0.21801992, 0.3020199]),
+    ];
+
+    #[test]
+    fn canvas_averages_overlapping_windows_like_pytorch() {
+        // 6 x 9, crop 4, stride 3: 2 x 3 overlapping windows of 2 x 2 patches.
+        let logits = slide(6, 9, 4, 3, 2, 2);
+        assert_eq!((logits.queries, logits.height, logits.width), (2, 6, 9));
+        assert_close(&logits.data, &CANVAS_6X9);
+    }
+
+    #[test]
+    fn canvas_with_windows_shorter_than_the_crop() {
+        // 3 rows under a crop of 4: windows are 3 x 4 with a 1 x 2 patch grid, stretched.
+        assert_close(&slide(3, 9, 4, 3, 2, 2).data, &CANVAS_3X9);
+    }
+
+    #[test]
+    fn canvas_with_patch_leftovers_matches_pytorch() {
+        // 150 x 200, crop 100, stride 50, patch 16: 6 x 6 patches per 100-pixel window, whose
+        // 4 leftover pixels are covered by the stretch.
+        let logits = slide(150, 200, 100, 50, 3, 16);
+        let plane = 150 * 200;
+        for (row, col, expected) in CANVAS_150X200_SAMPLES {
+            let actual: Vec<f32> = (0..3)
+                .map(|q| logits.data[q * plane + row * 200 + col])
+                .collect();
+            assert_close(&actual, &expected);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "covered by no window")]
+    fn finish_rejects_uncovered_pixels() {
+        let mut canvas = LogitCanvas::new(1, 2, 2);
+        let window = Window {
+            top: 0,
+            left: 0,
+            height: 1,
+            width: 2,
+        };
+        canvas.add_window(&window, &[1.0], 1, 1);
+        canvas.finish();
+    }
+}

@@ -1,0 +1,302 @@
+//! CLIP's vision tower with SCLIP's Correlative Self-Attention in its last block, giving one
+//! L2-normalised, projected feature per patch.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::interp::resize_position_grid;
+use crate::load::{tensor, Activation, TowerConfig, VisionConfig};
+
+fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize, name: &str) -> Result<Linear> {
+    let vb = vb.pp(name);
+    Ok(Linear::new(
+        tensor(&vb, (out_dim, in_dim), "weight")?,
+        Some(tensor(&vb, out_dim, "bias")?),
+    ))
+}
+
+fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, name: &str) -> Result<LayerNorm> {
+    let vb = vb.pp(name);
+    Ok(LayerNorm::new(
+        tensor(&vb, dim, "weight")?,
+        tensor(&vb, dim, "bias")?,
+        eps,
+    ))
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    fn load(vb: &VarBuilder, config: &TowerConfig) -> Result<Self> {
+        Ok(Mlp {
+            fc1: linear(vb, config.hidden_size, config.intermediate_size, "fc1")?,
+            fc2: linear(vb, config.intermediate_size, config.hidden_size, "fc2")?,
+            activation: config.activation,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = self.fc1.forward(xs)?;
+        let xs = match self.activation {
+            Activation::QuickGelu => (&xs * candle_nn::ops::sigmoid(&(&xs * 1.702)?)?)?,
+            Activation::Gelu => xs.gelu_erf()?,
+        };
+        Ok(self.fc2.forward(&xs)?)
+    }
+}
+
+/// One pre-LN transformer block. q, k and v share one matrix so that a block costs one GEMM
+/// for all three projections.
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    qkv: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    mlp: Mlp,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl EncoderLayer {
+    fn load(vb: &VarBuilder, config: &TowerConfig) -> Result<Self> {
+        let hidden = config.hidden_size;
+        let attn = vb.pp("self_attn");
+        let [q, k, v] = ["q_proj", "k_proj", "v_proj"].map(|name| attn.pp(name));
+        let qkv = Linear::new(
+            Tensor::cat(
+                &[
+                    tensor(&q, (hidden, hidden), "weight")?,
+                    tensor(&k, (hidden, hidden), "weight")?,
+                    tensor(&v, (hidden, hidden), "weight")?,
+                ],
+                0,
+            )?,
+            Some(Tensor::cat(
+                &[
+                    tensor(&q, hidden, "bias")?,
+                    tensor(&k, hidden, "bias")?,
+                    tensor(&v, hidden, "bias")?,
+                ],
+                0,
+            )?),
+        );
+        Ok(EncoderLayer {
+            layer_norm1: layer_norm(vb, hidden, config.layer_norm_eps, "layer_norm1")?,
+            qkv,
+            out_proj: linear(&attn, hidden, hidden, "out_proj")?,
+            layer_norm2: layer_norm(vb, hidden, config.layer_norm_eps, "layer_norm2")?,
+            mlp: Mlp::load(&vb.pp("mlp"), config)?,
+            num_heads: config.num_heads,
+            head_dim: config.head_dim(),
+        })
+    }
+
+    /// q, k, v of `ln1(xs)` as (batch * heads) x tokens x head_dim each.
+    fn heads_qkv(&self, xs: &Tensor) -> Result<[Tensor; 3]> {
+        let (batch, tokens, _) = xs.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(&self.layer_norm1.forward(xs)?)?
+            .reshape((batch, tokens, 3, self.num_heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let per_head = (batch * self.num_heads, tokens, self.head_dim);
+        let split = |i: usize| qkv.get(i)?.reshape(per_head);
+        Ok([split(0)?, split(1)?, split(2)?])
+    }
+
+    fn merge_heads(&self, xs: &Tensor, batch: usize) -> Result<Tensor> {
+        let (_, tokens, _) = xs.dims3()?;
+        Ok(xs
+            .reshape((batch, self.num_heads, tokens, self.head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, tokens, self.num_heads * self.head_dim))?)
+    }
+
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
+    fn finish(&self, residual: &Tensor, attended: &Tensor) -> Result<Tensor> {
+        let xs = (residual + self.out_proj.forward(attended)?)?;
+        Ok((&xs + self.mlp.forward(&self.layer_norm2.forward(&xs)?)?)?)
+    }
+
+    /// The standard block: softmax(q k^T / sqrt(d)) v.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let batch = xs.dim(0)?;
+        let [q, k, v] = self.heads_qkv(xs)?;
+        let scores = (q.matmul(&k.t()?)? * self.scale())?;
+        let attended = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+        self.finish(xs, &self.merge_heads(&attended, batch)?)
+    }
+
+    /// SCLIP's Correlative Self-Attention: (softmax(q q^T / sqrt(d)) + softmax(k k^T / sqrt(d))) v,
+    /// the two softmaxes summed without renormalising; residual and MLP kept.
+    fn forward_csa(&self, xs: &Tensor) -> Result<Tensor> {
+        let batch = xs.dim(0)?;
+        let [q, k, v] = self.heads_qkv(xs)?;
+        let self_correlation =
+            |t: &Tensor| -> Result<Tensor> { Ok((t.matmul(&t.t()?)? * self.scale())?) };
+        let attention = (candle_nn::ops::softmax_last_dim(&self_correlation(&q)?)?
+            + candle_nn::ops::softmax_last_dim(&self_correlation(&k)?)?)?;
+        let attended = attention.matmul(&v)?;
+        self.finish(xs, &self.merge_heads(&attended, batch)?)
+    }
+}
+
+/// The vision tower of a CLIP checkpoint, run SCLIP's way.
+pub struct VisionTower {
+    patch_embedding: Tensor,
+    class_embedding: Tensor,
+    /// grid x grid x hidden on the host, resized per window shape and cached.
+    base_position_grid: Vec<f32>,
+    class_position: Tensor,
+    resized_positions: Mutex<HashMap<(usize, usize), Tensor>>,
+    pre_layernorm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    post_layernorm: LayerNorm,
+    projection: Tensor,
+    config: VisionConfig,
+    dtype: DType,
+    device: Device,
+}
+
+impl VisionTower {
+    /// Loads `vision_model.*` and `visual_projection.weight` from a checkpoint.
+    pub fn load(root: &VarBuilder, config: &VisionConfig, projection_dim: usize) -> Result<Self> {
+        let vb = root.pp("vision_model");
+        let hidden = config.tower.hidden_size;
+        let patch = config.patch_size;
+        let grid = config.base_grid();
+        let embeddings = vb.pp("embeddings");
+        let patch_embedding = tensor(
+            &embeddings,
+            (hidden, config.num_channels, patch, patch),
+            "patch_embedding.weight",
+        )?
+        .reshape((hidden, config.num_channels * patch * patch))?;
+        let class_embedding = tensor(&embeddings, hidden, "class_embedding")?;
+        let positions = tensor(
+            &embeddings,
+            (grid * grid + 1, hidden),
+            "position_embedding.weight",
+        )?;
+        let base_position_grid = positions
+            .narrow(0, 1, grid * grid)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let layers_vb = vb.pp("encoder").pp("layers");
+        let layers = (0..config.tower.num_layers)
+            .map(|i| EncoderLayer::load(&layers_vb.pp(i), &config.tower))
+            .collect::<Result<Vec<_>>>()?;
+        let eps = config.tower.layer_norm_eps;
+        Ok(VisionTower {
+            patch_embedding,
+            class_embedding,
+            base_position_grid,
+            class_position: positions.narrow(0, 0, 1)?,
+            resized_positions: Mutex::new(HashMap::new()),
+            // "pre_layrnorm" is how Hugging Face spells it in every CLIP checkpoint.
+            pre_layernorm: layer_norm(&vb, hidden, eps, "pre_layrnorm")?,
+            layers,
+            post_layernorm: layer_norm(&vb, hidden, eps, "post_layernorm")?,
+            projection: tensor(root, (projection_dim, hidden), "visual_projection.weight")?,
+            config: config.clone(),
+            dtype: root.dtype(),
+            device: root.device().clone(),
+        })
+    }
+
+    pub fn patch_size(&self) -> usize {
+        self.config.patch_size
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Position embeddings (class first) for a gh x gw patch grid: the trained grid resized
+    /// bicubically when the window is not the trained size.
+    fn position_embeddings(&self, grid_h: usize, grid_w: usize) -> Result<Tensor> {
+        let mut cache = self
+            .resized_positions
+            .lock()
+            .expect("position cache poisoned");
+        if let Some(positions) = cache.get(&(grid_h, grid_w)) {
+            return Ok(positions.clone());
+        }
+        let grid = self.config.base_grid();
+        let hidden = self.config.tower.hidden_size;
+        let patches = if (grid_h, grid_w) == (grid, grid) {
+            self.base_position_grid.clone()
+        } else {
+            resize_position_grid(&self.base_position_grid, grid, grid, hidden, grid_h, grid_w)
+        };
+        let patches = Tensor::from_vec(patches, (grid_h * grid_w, hidden), &self.device)?
+            .to_dtype(self.dtype)?;
+        let positions = Tensor::cat(&[&self.class_position, &patches], 0)?.unsqueeze(0)?;
+        cache.insert((grid_h, grid_w), positions.clone());
+        Ok(positions)
+    }
+
+    /// `pixels`: batch x 3 x h x w normalised windows, all of one size. Returns
+    /// batch x (gh*gw) x projection_dim unit-length patch features, gh = h / patch, gw = w / patch
+    /// (rows and columns past the last whole patch are not seen, as with a strided conv).
+    pub fn patch_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (batch, channels, height, width) = pixels.dims4()?;
+        let patch = self.config.patch_size;
+        let (grid_h, grid_w) = (height / patch, width / patch);
+        anyhow::ensure!(
+            grid_h > 0 && grid_w > 0,
+            "a {width}x{height} window is smaller than one {patch}x{patch} patch"
+        );
+        // A stride-p p x p convolution is a matmul over non-overlapping p x p tiles.
+        let tiles = pixels
+            .to_dtype(self.dtype)?
+            .narrow(2, 0, grid_h * patch)?
+            .narrow(3, 0, grid_w * patch)?
+            .reshape((batch, channels, grid_h, patch, grid_w, patch))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((batch * grid_h * grid_w, channels * patch * patch))?;
+        let hidden = self.config.tower.hidden_size;
+        let patch_tokens =
+            tiles
+                .matmul(&self.patch_embedding.t()?)?
+                .reshape((batch, grid_h * grid_w, hidden))?;
+        let class_token = self
+            .class_embedding
+            .reshape((1, 1, hidden))?
+            .repeat((batch, 1, 1))?;
+        let xs = Tensor::cat(&[&class_token, &patch_tokens], 1)?
+            .broadcast_add(&self.position_embeddings(grid_h, grid_w)?)?;
+        let mut xs = self.pre_layernorm.forward(&xs)?;
+        let (last, standard) = self.layers.split_last().expect("config has >= 1 layer");
+        for layer in standard {
+            xs = layer.forward(&xs)?;
+        }
+        let xs = last.forward_csa(&xs)?;
+        let xs = self.post_layernorm.forward(&xs)?;
+        let patches = grid_h * grid_w;
+        let projected = xs
+            .narrow(1, 1, patches)?
+            .contiguous()?
+            .reshape((batch * patches, hidden))?
+            .matmul(&self.projection.t()?)?
+            .reshape((batch, patches, ()))?;
+        let norms = projected.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        projected
+            .broadcast_div(&norms)
+            .context("cannot normalise patch features")
+    }
+}

@@ -1,0 +1,244 @@
+//! Mistakes a user can make end in one line on stderr saying what is wrong, a non-zero exit,
+//! and no output file.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixture_model, fixtures, sclip};
+
+/// Runs `sclip segment` with `args` into a fresh out dir; asserts failure, a one-line message
+/// containing `expected`, no backtrace, and nothing written.
+fn assert_refused(args: &[&str], expected: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let output = sclip()
+        .env("RUST_BACKTRACE", "1")
+        .arg("segment")
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{args:?} should fail");
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected {expected:?} in {stderr:?}"
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line, got {stderr:?}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    let written: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert!(written.is_empty(), "{args:?} wrote {written:?}");
+}
+
+fn sample_image() -> String {
+    fixtures()
+        .join("images/astronaut.jpg")
+        .display()
+        .to_string()
+}
+
+fn model() -> String {
+    fixture_model().display().to_string()
+}
+
+#[test]
+fn unreadable_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("notes.jpg");
+    std::fs::write(&fake, b"this is not a JPEG").unwrap();
+    assert_refused(
+        &[
+            fake.to_str().unwrap(),
+            "--model",
+            &model(),
+            "--classes",
+            "a,b",
+        ],
+        "notes.jpg",
+    );
+}
+
+#[test]
+fn missing_image() {
+    assert_refused(
+        &["no/such/photo.jpg", "--model", &model(), "--classes", "a,b"],
+        "no/such/photo.jpg",
+    );
+}
+
+#[test]
+fn empty_class_list() {
+    assert_refused(
+        &[&sample_image(), "--model", &model(), "--classes", ""],
+        "class list is empty",
+    );
+    assert_refused(
+        &[
+            &sample_image(),
+            "--model",
+            &model(),
+            "--classes",
+            "dog,,cat",
+        ],
+        "empty class name",
+    );
+}
+
+#[test]
+fn missing_model_directory() {
+    assert_refused(
+        &[
+            &sample_image(),
+            "--model",
+            "./no-such-model",
+            "--classes",
+            "a,b",
+        ],
+        "model directory ./no-such-model does not exist",
+    );
+}
+
+/// A copy of the fixture model with one file replaced.
+fn model_with(file: &str, contents: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture_model()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    std::fs::write(dir.path().join(file), contents).unwrap();
+    dir
+}
+
+fn edited_config(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let text = std::fs::read_to_string(fixture_model().join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut config);
+    config.to_string()
+}
+
+#[test]
+fn weights_of_the_wrong_shape_name_the_tensor() {
+    let config = edited_config(|c| {
+        let mlp = c["vision_config"]["intermediate_size"].as_u64().unwrap();
+        c["vision_config"]["intermediate_size"] = (mlp * 2).into();
+    });
+    let dir = model_with("config.json", &config);
+    assert_refused(
+        &[
+            &sample_image(),
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--classes",
+            "a,b",
+        ],
+        "vision_model.encoder.layers.0.mlp.fc1.weight",
+    );
+}
+
+#[test]
+fn a_config_that_is_not_clip() {
+    let dir = model_with(
+        "config.json",
+        r#"{"model_type": "bert", "hidden_size": 768}"#,
+    );
+    assert_refused(
+        &[
+            &sample_image(),
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--classes",
+            "a,b",
+        ],
+        "not \"clip\"",
+    );
+}
+
+#[test]
+fn a_model_folder_without_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fixture_model().join(file), dir.path().join(file)).unwrap();
+    }
+    assert_refused(
+        &[
+            &sample_image(),
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--classes",
+            "a,b",
+        ],
+        "has no model.safetensors or pytorch_model.bin",
+    );
+}
+
+#[test]
+fn cuda_without_the_cuda_build() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    assert_refused(
+        &[
+            &sample_image(),
+            "--model",
+            &model(),
+            "--classes",
+            "a,b",
+            "--device",
+            "cuda",
+        ],
+        "built without CUDA support",
+    );
+}
+
+#[test]
+fn a_png_mask_never_overwrites_its_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("photo.png");
+    std::fs::copy(fixtures().join("images/chelsea_grey.png"), &image).unwrap();
+    let before = std::fs::read(&image).unwrap();
+    let output = sclip()
+        .args([
+            "segment",
+            image.to_str().unwrap(),
+            "--model",
+            &model(),
+            "--classes",
+            "cat,wall",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--out"));
+    assert_eq!(std::fs::read(&image).unwrap(), before);
+}
+
+#[test]
+fn help_documents_every_option() {
+    let output = sclip().args(["segment", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for option in [
+        "--classes",
+        "--classes-file",
+        "--model",
+        "--revision",
+        "--out",
+        "--save-probs",
+        "--logit-scale",
+        "--prob-thd",
+        "--area-thd",
+        "--short-side",
+        "--window",
+        "--stride",
+        "--batch-size",
+        "--device",
+        "--dtype",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}");
+    }
+    assert!(Path::new(&sample_image()).exists());
+}

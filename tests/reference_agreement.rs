@@ -1,0 +1,86 @@
+//! The binary, run as a user runs it on the fixture model, must give the reference
+//! implementation's masks (tests/reference/sclip_ref.py): labels equal on >= 99.9% of pixels
+//! and final per-class scores within 1e-4, for every fixture image.
+
+mod common;
+
+use common::{cases, read_label_png, sclip, Npy};
+
+const MIN_LABEL_AGREEMENT: f64 = 0.999;
+const MAX_PROB_DIFFERENCE: f32 = 1e-4;
+
+#[test]
+fn every_fixture_case_matches_the_reference() {
+    let cases = cases();
+    assert!(
+        cases.len() >= 4,
+        "the manifest should hold at least 4 cases"
+    );
+    let mut failures = Vec::new();
+    for case in &cases {
+        let out = tempfile::tempdir().unwrap();
+        let output = sclip().args(case.args(out.path())).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}: sclip failed: {}",
+            case.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains(&format!("{}x{}", case.width, case.height)),
+            "{}: the report line names the size: {stdout}",
+            case.name
+        );
+
+        let (width, height, labels) =
+            read_label_png(&out.path().join(format!("{}.png", case.stem())));
+        assert_eq!(
+            (width, height),
+            (case.width, case.height),
+            "{}: mask size",
+            case.name
+        );
+        let expected_labels = Npy::read(&case.labels);
+        assert_eq!(expected_labels.shape, [height, width]);
+        let expected_labels = expected_labels.u8s();
+        let agreeing = labels
+            .iter()
+            .zip(&expected_labels)
+            .filter(|(a, b)| a == b)
+            .count();
+        let agreement = agreeing as f64 / labels.len() as f64;
+
+        let probs = Npy::read(&out.path().join(format!("{}.probs.npy", case.stem())));
+        let expected_probs = Npy::read(&case.probs);
+        assert_eq!(
+            probs.shape, expected_probs.shape,
+            "{}: probs shape",
+            case.name
+        );
+        assert_eq!(probs.shape, [case.classes.len(), height, width]);
+        let max_difference = probs
+            .f32s()
+            .iter()
+            .zip(expected_probs.f32s())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+
+        println!(
+            "{:<14} {width}x{height} labels agree on {:.4}% of pixels, max |prob diff| {max_difference:.2e}",
+            case.name,
+            100.0 * agreement
+        );
+        if agreement < MIN_LABEL_AGREEMENT || max_difference > MAX_PROB_DIFFERENCE {
+            failures.push(format!(
+                "{}: label agreement {agreement:.5}, max prob diff {max_difference:.2e}",
+                case.name
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "disagreements with the reference:\n{}",
+        failures.join("\n")
+    );
+}
