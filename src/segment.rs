@@ -35,7 +35,12 @@ impl Settings {
             "--window {} is smaller than the model's {patch_size}-pixel patch",
             self.window
         );
-        ensure!(self.stride > 0, "--stride must be positive");
+        ensure!(
+            self.stride > 0 && self.stride <= self.window,
+            "--stride {} must be between 1 and --window {}: a longer stride leaves pixels no window sees",
+            self.stride,
+            self.window
+        );
         ensure!(self.batch_size > 0, "--batch-size must be positive");
         ensure!(
             self.postprocess.logit_scale.is_finite(),

@@ -131,7 +131,7 @@ impl LogitCanvas {
     }
 
     /// The average over the windows that covered each pixel, queries x height x width.
-    /// Panics if a pixel was covered by no window (the window grid always covers the image).
+    /// Panics if a pixel was covered by no window (a grid whose stride is at most its window covers the image).
     pub fn finish(self) -> QueryLogits {
         assert!(
             self.coverage.iter().all(|&count| count > 0),

@@ -90,6 +90,22 @@ fn empty_class_list() {
 }
 
 #[test]
+fn a_stride_longer_than_the_window() {
+    assert_refused(
+        &[
+            &sample_image(),
+            "--model",
+            &model(),
+            "--classes",
+            "a,b",
+            "--stride",
+            "300",
+        ],
+        "--stride 300 must be between 1 and --window 224",
+    );
+}
+
+#[test]
 fn missing_model_directory() {
     assert_refused(
         &[
@@ -100,6 +116,20 @@ fn missing_model_directory() {
             "a,b",
         ],
         "model directory ./no-such-model does not exist",
+    );
+}
+
+/// Segmenting the sample with the model folder `dir` fails, saying `expected`.
+fn assert_model_refused(dir: &Path, expected: &str) {
+    assert_refused(
+        &[
+            &sample_image(),
+            "--model",
+            dir.to_str().unwrap(),
+            "--classes",
+            "a,b",
+        ],
+        expected,
     );
 }
 
@@ -128,16 +158,7 @@ fn weights_of_the_wrong_shape_name_the_tensor() {
         c["vision_config"]["intermediate_size"] = (mlp * 2).into();
     });
     let dir = model_with("config.json", &config);
-    assert_refused(
-        &[
-            &sample_image(),
-            "--model",
-            dir.path().to_str().unwrap(),
-            "--classes",
-            "a,b",
-        ],
-        "vision_model.encoder.layers.0.mlp.fc1.weight",
-    );
+    assert_model_refused(dir.path(), "vision_model.encoder.layers.0.mlp.fc1.weight");
 }
 
 #[test]
@@ -146,16 +167,7 @@ fn a_config_that_is_not_clip() {
         "config.json",
         r#"{"model_type": "bert", "hidden_size": 768}"#,
     );
-    assert_refused(
-        &[
-            &sample_image(),
-            "--model",
-            dir.path().to_str().unwrap(),
-            "--classes",
-            "a,b",
-        ],
-        "not \"clip\"",
-    );
+    assert_model_refused(dir.path(), "not \"clip\"");
 }
 
 #[test]
@@ -164,16 +176,7 @@ fn a_model_folder_without_weights() {
     for file in ["config.json", "tokenizer.json"] {
         std::fs::copy(fixture_model().join(file), dir.path().join(file)).unwrap();
     }
-    assert_refused(
-        &[
-            &sample_image(),
-            "--model",
-            dir.path().to_str().unwrap(),
-            "--classes",
-            "a,b",
-        ],
-        "has no model.safetensors or pytorch_model.bin",
-    );
+    assert_model_refused(dir.path(), "has no model.safetensors or pytorch_model.bin");
 }
 
 #[test]

@@ -67,14 +67,11 @@ fn local_mask(model: &Path, out: &Path) -> Vec<u8> {
     std::fs::read(out.join("astronaut.png")).unwrap()
 }
 
-#[test]
-fn a_cached_repo_loads_offline_by_its_id() {
+/// Caches `files` of the fixture folder `source` as a hub repo, loads it by id, and checks the
+/// mask equals the one the local safetensors fixture gives.
+fn assert_cached_repo_gives_the_local_mask(source: &str, files: &[&str]) {
     let home = tempfile::tempdir().unwrap();
-    lay_out_cache(
-        home.path(),
-        &fixtures().join("model"),
-        &["config.json", "tokenizer.json", "model.safetensors"],
-    );
+    lay_out_cache(home.path(), &fixtures().join(source), files);
     let out = tempfile::tempdir().unwrap();
     let output = segment_by_repo_id(home.path(), out.path());
     assert!(
@@ -90,25 +87,19 @@ fn a_cached_repo_loads_offline_by_its_id() {
 }
 
 #[test]
+fn a_cached_repo_loads_offline_by_its_id() {
+    assert_cached_repo_gives_the_local_mask(
+        "model",
+        &["config.json", "tokenizer.json", "model.safetensors"],
+    );
+}
+
+/// The .bin and .safetensors fixtures hold the same weights.
+#[test]
 fn a_revision_with_only_pytorch_weights_falls_back_to_them() {
-    let home = tempfile::tempdir().unwrap();
-    lay_out_cache(
-        home.path(),
-        &fixtures().join("model-bin"),
+    assert_cached_repo_gives_the_local_mask(
+        "model-bin",
         &["config.json", "tokenizer.json", "pytorch_model.bin"],
-    );
-    let out = tempfile::tempdir().unwrap();
-    let output = segment_by_repo_id(home.path(), out.path());
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reference = tempfile::tempdir().unwrap();
-    assert_eq!(
-        std::fs::read(out.path().join("astronaut.png")).unwrap(),
-        local_mask(&fixtures().join("model"), reference.path()),
-        "the .bin and .safetensors fixtures hold the same weights"
     );
 }
 
