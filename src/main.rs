@@ -10,6 +10,9 @@ use sclip::load::{device_from_spec, resolve_model, DEFAULT_MODEL};
 use sclip::postprocess::PostprocessParams;
 use sclip::segment::{Segmenter, Settings};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sclip",
