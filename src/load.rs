@@ -22,8 +22,6 @@ pub struct ModelFiles {
     pub config: PathBuf,
     pub tokenizer: PathBuf,
     pub weights: WeightsFile,
-    /// What identifies these weights in caches: the hub commit or the local folder's path.
-    pub identity: String,
 }
 
 #[derive(Debug, Clone)]
@@ -86,15 +84,10 @@ fn local_model_files(dir: &Path) -> Result<ModelFiles> {
         (None, Some(path)) => WeightsFile::Pytorch(path),
         (None, None) => return Err(missing(&format!("{SAFETENSORS_FILE} or {PYTORCH_FILE}"))),
     };
-    let identity = std::fs::canonicalize(dir)
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .display()
-        .to_string();
     Ok(ModelFiles {
         config,
         tokenizer,
         weights,
-        identity,
     })
 }
 
@@ -190,18 +183,10 @@ mod hub {
                 WeightsFile::Pytorch(fetch(PYTORCH_FILE)?.ok_or_else(|| missing(SAFETENSORS_FILE))?)
             }
         };
-        // The snapshot folder is named after the commit, so it identifies the weights exactly.
-        let identity = weights
-            .path()
-            .parent()
-            .and_then(|snapshot| snapshot.file_name())
-            .map(|commit| format!("{repo_id}@{}", commit.to_string_lossy()))
-            .unwrap_or_else(|| format!("{repo_id}@{revision}"));
         Ok(ModelFiles {
             config,
             tokenizer,
             weights,
-            identity,
         })
     }
 }

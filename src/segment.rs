@@ -116,10 +116,6 @@ impl Segmenter {
         &self.classes
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Segments one decoded image at its original size.
     pub fn segment(&self, image: &RgbImage) -> Result<Segmentation> {
         let (width, height) = image.dimensions();

@@ -151,10 +151,6 @@ impl TextEncoder {
             .mean(1)?;
         l2_normalize(&means)
     }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
 }
 
 fn l2_normalize(rows: &Tensor) -> Result<Tensor> {
