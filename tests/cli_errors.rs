@@ -91,16 +91,9 @@ fn empty_class_list() {
 
 #[test]
 fn a_stride_longer_than_the_window() {
-    assert_refused(
-        &[
-            &sample_image(),
-            "--model",
-            &model(),
-            "--classes",
-            "a,b",
-            "--stride",
-            "300",
-        ],
+    assert_sample_refused(
+        &model(),
+        &["--stride", "300"],
         "--stride 300 must be between 1 and --window 224",
     );
 }
@@ -119,18 +112,24 @@ fn missing_model_directory() {
     );
 }
 
-/// Segmenting the sample with the model folder `dir` fails, saying `expected`.
-fn assert_model_refused(dir: &Path, expected: &str) {
+/// Segmenting the sample into classes "a,b" with `model` and `extra` options fails, saying `expected`.
+fn assert_sample_refused(model: &str, extra: &[&str], expected: &str) {
+    let mut args = vec![
+        sample_image(),
+        "--model".into(),
+        model.into(),
+        "--classes".into(),
+        "a,b".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     assert_refused(
-        &[
-            &sample_image(),
-            "--model",
-            dir.to_str().unwrap(),
-            "--classes",
-            "a,b",
-        ],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
         expected,
     );
+}
+
+fn assert_model_refused(dir: &Path, expected: &str) {
+    assert_sample_refused(dir.to_str().unwrap(), &[], expected);
 }
 
 /// A copy of the fixture model with one file replaced.
@@ -184,16 +183,9 @@ fn cuda_without_the_cuda_build() {
     if cfg!(feature = "cuda") {
         return;
     }
-    assert_refused(
-        &[
-            &sample_image(),
-            "--model",
-            &model(),
-            "--classes",
-            "a,b",
-            "--device",
-            "cuda",
-        ],
+    assert_sample_refused(
+        &model(),
+        &["--device", "cuda"],
         "built without CUDA support",
     );
 }
