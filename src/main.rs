@@ -176,6 +176,7 @@ fn segment(args: SegmentArgs) -> Result<ExitCode> {
         },
         keep_probs: args.save_probs,
     };
+    settings.validate()?;
     let device = device_from_spec(&args.device)?;
     let files = resolve_model(&args.model, &args.revision)
         .with_context(|| format!("cannot load model {}", args.model))?;

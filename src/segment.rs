@@ -28,13 +28,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn validate(&self, patch_size: usize) -> Result<()> {
+    /// Checks what needs no model, so that a mistyped option fails before any download.
+    pub fn validate(&self) -> Result<()> {
         ensure!(self.short_side > 0, "--short-side must be positive");
-        ensure!(
-            self.window >= patch_size,
-            "--window {} is smaller than the model's {patch_size}-pixel patch",
-            self.window
-        );
         ensure!(
             self.stride > 0 && self.stride <= self.window,
             "--stride {} must be between 1 and --window {}: a longer stride leaves pixels no window sees",
@@ -75,7 +71,13 @@ impl Segmenter {
         settings: Settings,
     ) -> Result<Self> {
         let config = ClipConfig::from_file(&files.config)?;
-        settings.validate(config.vision.patch_size)?;
+        settings.validate()?;
+        ensure!(
+            settings.window >= config.vision.patch_size,
+            "--window {} is smaller than the model's {}-pixel patch",
+            settings.window,
+            config.vision.patch_size
+        );
         let weights = open_weights(&files.weights, dtype, device)?;
         let vision = VisionTower::load(&weights, &config.vision, config.projection_dim)
             .with_context(|| {

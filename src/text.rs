@@ -153,7 +153,9 @@ impl TextEncoder {
     }
 }
 
-fn l2_normalize(rows: &Tensor) -> Result<Tensor> {
+/// Scales every row (last dimension) to unit length: queries and patch features are compared
+/// by cosine similarity.
+pub(crate) fn l2_normalize(rows: &Tensor) -> Result<Tensor> {
     let norms = rows.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
     Ok(rows.broadcast_div(&norms)?)
 }

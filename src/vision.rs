@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use crate::interp::resize_position_grid;
 use crate::load::{tensor, Activation, TowerConfig, VisionConfig};
+use crate::text::l2_normalize;
 
 fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize, name: &str) -> Result<Linear> {
     let vb = vb.pp(name);
@@ -294,9 +295,6 @@ impl VisionTower {
             .reshape((batch * patches, hidden))?
             .matmul(&self.projection.t()?)?
             .reshape((batch, patches, ()))?;
-        let norms = projected.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-        projected
-            .broadcast_div(&norms)
-            .context("cannot normalise patch features")
+        l2_normalize(&projected).context("cannot normalise patch features")
     }
 }
