@@ -13,7 +13,7 @@ use tokenizers::Tokenizer;
 
 use crate::load::{tensor, Activation, TextConfig};
 
-const TEMPLATES: &str = include_str!("../assets/imagenet_templates.txt");
+const TEMPLATES: &str = include_str!("../../assets/imagenet_templates.txt");
 const START_TOKEN: &str = "<|startoftext|>";
 const END_TOKEN: &str = "<|endoftext|>";
 /// Prompts encoded per forward pass: large enough to keep the GEMMs efficient, small enough
