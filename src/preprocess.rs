@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
@@ -82,11 +82,65 @@ fn jpeg_exif_orientation(bytes: &[u8]) -> Orientation {
     Orientation::NoTransforms
 }
 
-/// Reads and decodes an image file with [`decode_image`].
-pub fn load_image(path: &Path) -> Result<RgbImage> {
+/// The default of `--max-pixels`: larger declared sizes are refused before decoding, so that a
+/// small file claiming a huge size (a decompression bomb) cannot exhaust memory.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// Reads and decodes an image file with [`decode_image`], refusing files whose header declares
+/// more than `max_pixels` pixels before any pixel is decoded.
+pub fn load_image(path: &Path, max_pixels: u64) -> Result<RgbImage> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read image file {}", path.display()))?;
+    if bytes.is_empty() {
+        bail!("{} is empty (0 bytes)", path.display());
+    }
+    if let Some((width, height)) = declared_size(&bytes) {
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > max_pixels {
+            bail!(
+                "{} declares {width}x{height} = {:.1} megapixels, over the --max-pixels limit of {:.1}; \
+                 raise --max-pixels if the image is genuine",
+                path.display(),
+                pixels as f64 / 1e6,
+                max_pixels as f64 / 1e6
+            );
+        }
+    }
     decode_image(&bytes).with_context(|| format!("cannot decode image file {}", path.display()))
+}
+
+/// The width and height an image's header declares, when it can be read without decoding;
+/// `None` leaves the verdict on a malformed header to the decoder.
+fn declared_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let format = image::guess_format(bytes).ok()?;
+    if format == ImageFormat::Jpeg {
+        return jpeg_declared_size(bytes);
+    }
+    ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .ok()
+}
+
+/// The size in a JPEG's start-of-frame segment, found by walking the markers before it.
+fn jpeg_declared_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let mut position = 2;
+    while let Some(&[0xFF, marker, length_high, length_low]) = bytes.get(position..position + 4) {
+        let length = usize::from(u16::from_be_bytes([length_high, length_low]));
+        // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC), which share the range.
+        let is_start_of_frame =
+            (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
+        if is_start_of_frame {
+            let frame = bytes.get(position + 5..position + 9)?;
+            let height = u16::from_be_bytes([frame[0], frame[1]]);
+            let width = u16::from_be_bytes([frame[2], frame[3]]);
+            return Some((u32::from(width), u32::from(height)));
+        }
+        if marker == 0xDA {
+            return None;
+        }
+        position += 2 + length;
+    }
+    None
 }
 
 /// Reduces any decoded layout to 8-bit RGB with OpenCV's conventions, which differ from the
@@ -575,6 +629,35 @@ mod tests {
     }
 
     #[test]
+    fn declared_sizes_are_read_from_headers_without_decoding() {
+        let jpeg = jpeg_with_orientation(&pattern(24, 16), Some(6));
+        assert_eq!(jpeg_declared_size(&jpeg), Some((24, 16)));
+        let png = encode(DynamicImage::ImageRgb8(pattern(7, 5)), ImageFormat::Png);
+        assert_eq!(declared_size(&png), Some((7, 5)));
+        assert_eq!(declared_size(b"not an image"), None);
+    }
+
+    #[test]
+    fn images_over_the_pixel_limit_are_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.png");
+        std::fs::write(
+            &path,
+            encode(DynamicImage::ImageRgb8(pattern(40, 30)), ImageFormat::Png),
+        )
+        .unwrap();
+        let message = format!("{:#}", load_image(&path, 1199).unwrap_err());
+        assert!(message.contains("40x30"), "{message}");
+        assert!(message.contains("--max-pixels"), "{message}");
+        assert_eq!(load_image(&path, 1200).unwrap().dimensions(), (40, 30));
+
+        let empty = dir.path().join("empty.jpg");
+        std::fs::write(&empty, b"").unwrap();
+        let message = format!("{:#}", load_image(&empty, 1200).unwrap_err());
+        assert!(message.contains("empty (0 bytes)"), "{message}");
+    }
+
+    #[test]
     fn decode_applies_exif_orientation() {
         let src = pattern(24, 16);
         let upright = decode_image(&jpeg_with_orientation(&src, None)).unwrap();
@@ -602,7 +685,7 @@ mod tests {
     fn decode_rejects_unknown_bytes_and_load_names_the_path() {
         assert!(decode_image(b"definitely not an image").is_err());
         let missing = Path::new("/nonexistent/sclip-test-image.png");
-        let message = format!("{:#}", load_image(missing).unwrap_err());
+        let message = format!("{:#}", load_image(missing, DEFAULT_MAX_PIXELS).unwrap_err());
         assert!(
             message.contains("/nonexistent/sclip-test-image.png"),
             "{message}"

@@ -46,12 +46,37 @@ fn model() -> String {
     fixture_model().display().to_string()
 }
 
+/// An image that cannot be segmented is one failure of the batch: its error line names it, the
+/// summary counts it, the exit status is 1, and nothing is written.
+fn assert_image_fails(args: &[&str], expected: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let output = sclip()
+        .env("RUST_BACKTRACE", "1")
+        .arg("segment")
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    assert_eq!(lines.len(), 2, "an error and the summary, got {stderr:?}");
+    assert!(
+        lines[0].starts_with("sclip: error: ") && lines[0].contains(expected),
+        "{stderr}"
+    );
+    assert!(lines[1].contains("0 ok, 0 skipped, 1 failed"), "{stderr}");
+    let written: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert!(written.is_empty(), "{args:?} wrote {written:?}");
+}
+
 #[test]
 fn unreadable_image() {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("notes.jpg");
     std::fs::write(&fake, b"this is not a JPEG").unwrap();
-    assert_refused(
+    assert_image_fails(
         &[
             fake.to_str().unwrap(),
             "--model",
@@ -65,7 +90,7 @@ fn unreadable_image() {
 
 #[test]
 fn missing_image() {
-    assert_refused(
+    assert_image_fails(
         &["no/such/photo.jpg", "--model", &model(), "--classes", "a,b"],
         "no/such/photo.jpg",
     );
@@ -207,7 +232,7 @@ fn a_png_mask_never_overwrites_its_image() {
         ])
         .output()
         .unwrap();
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&output.stderr).contains("--out"));
     assert_eq!(std::fs::read(&image).unwrap(), before);
 }
@@ -232,6 +257,19 @@ fn help_documents_every_option() {
         "--batch-size",
         "--device",
         "--dtype",
+        "--recursive",
+        "--files-from",
+        "--null",
+        "--shard",
+        "--preset",
+        "--overlay",
+        "--alpha",
+        "--skip-existing",
+        "--fail-fast",
+        "--max-pixels",
+        "--json",
+        "--quiet",
+        "--no-cache",
     ] {
         assert!(help.contains(option), "--help lacks {option}");
     }

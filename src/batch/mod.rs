@@ -1,16 +1,42 @@
-//! Images in, masks out: plans where each image's outputs go, then segments and writes them
-//! one by one, reporting each.
+//! Many images in, masks out: [`inputs`] finds the images, [`plan_jobs`] decides where each
+//! one's outputs go (refusing plans that would overwrite an input or write one file twice),
+//! [`pipeline`] streams them through the model, and [`report`] tells the user what happened.
+
+pub mod inputs;
+pub mod pipeline;
+pub mod report;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::output::{write_label_png, write_npy_f32};
-use crate::postprocess::Segmentation;
-use crate::preprocess::load_image;
-use crate::segment::Segmenter;
+use inputs::{mirrored_output, Input};
+
+/// What to write for every image, and where.
+#[derive(Debug, Clone)]
+pub struct OutputOptions {
+    /// Mirror each input's relative path under this folder; `None` writes beside each image.
+    pub out: Option<PathBuf>,
+    pub save_probs: bool,
+    /// The photo blended with the mask colours, plus a legend; the extension picks the format.
+    pub overlay: Option<OverlayFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlayFormat {
+    Jpeg,
+    Png,
+}
+
+impl OverlayFormat {
+    fn suffix(self) -> &'static str {
+        match self {
+            OverlayFormat::Jpeg => ".overlay.jpg",
+            OverlayFormat::Png => ".overlay.png",
+        }
+    }
+}
 
 /// One input image and the files it produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,44 +44,65 @@ pub struct Job {
     pub image: PathBuf,
     pub mask: PathBuf,
     pub probs: Option<PathBuf>,
+    pub overlay: Option<PathBuf>,
 }
 
-/// `dir/img.jpg` gives `<out>/img.png` (and `<out>/img.probs.npy`); without `out`, the image's own folder.
-/// Refuses plans where an output would overwrite an input or two images would share an output.
-pub fn plan_jobs(images: &[PathBuf], out: Option<&Path>, save_probs: bool) -> Result<Vec<Job>> {
-    let mut jobs = Vec::with_capacity(images.len());
-    let mut owners: HashMap<PathBuf, &Path> = HashMap::new();
-    for image in images {
-        let stem = image
-            .file_stem()
-            .with_context(|| format!("{} is not a file name", image.display()))?;
-        let dir = match out {
-            Some(dir) => dir.to_path_buf(),
-            None => image.parent().map(Path::to_path_buf).unwrap_or_default(),
-        };
-        let with_suffix = |suffix: &str| {
-            let mut name = stem.to_os_string();
+impl Job {
+    pub fn outputs(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.mask)
+            .chain(self.probs.as_ref())
+            .chain(self.overlay.as_ref())
+    }
+
+    /// Every output is written atomically, so one that exists is complete: an image whose
+    /// outputs all exist was finished by an earlier run.
+    pub fn is_done(&self) -> bool {
+        self.outputs().all(|path| path.is_file())
+    }
+}
+
+/// `photos/a/cat.jpg` found under `photos` gives `<out>/a/cat.png` (plus `cat.probs.npy`,
+/// `cat.overlay.jpg` when asked for); without `out`, the outputs go beside the image.
+/// Refuses plans where an output would overwrite any input or two images would share an output,
+/// before any work is done.
+pub fn plan_jobs(inputs: &[Input], options: &OutputOptions) -> Result<Vec<Job>> {
+    let output_path = |input: &Input, suffix: &str| match &options.out {
+        Some(out) => mirrored_output(out, &input.relative, suffix),
+        None => {
+            let mut name = input.path.file_stem().unwrap_or_default().to_os_string();
             name.push(suffix);
-            dir.join(name)
-        };
+            input.path.with_file_name(name)
+        }
+    };
+    let images: HashMap<PathBuf, &Path> = inputs
+        .iter()
+        .map(|input| (normalized(&input.path), input.path.as_path()))
+        .collect();
+    let mut owners: HashMap<PathBuf, &Path> = HashMap::new();
+    let mut jobs = Vec::with_capacity(inputs.len());
+    for input in inputs {
         let job = Job {
-            image: image.clone(),
-            mask: with_suffix(".png"),
-            probs: save_probs.then(|| with_suffix(".probs.npy")),
+            image: input.path.clone(),
+            mask: output_path(input, ".png"),
+            probs: options.save_probs.then(|| output_path(input, ".probs.npy")),
+            overlay: options
+                .overlay
+                .map(|format| output_path(input, format.suffix())),
         };
-        for output in std::iter::once(&job.mask).chain(job.probs.as_ref()) {
-            if same_file(output, image) {
+        for output in job.outputs() {
+            let key = normalized(output);
+            if let Some(image) = images.get(&key) {
                 bail!(
-                    "the mask for {} would overwrite the image itself; pass --out DIR to write masks elsewhere",
+                    "an output of {} would overwrite the image {}; pass --out DIR to write the outputs elsewhere",
+                    input.path.display(),
                     image.display()
                 );
             }
-            let key = normalized(output);
-            if let Some(other) = owners.insert(key, image) {
+            if let Some(other) = owners.insert(key, &input.path) {
                 bail!(
-                    "{} and {} would both write {}; pass them in separate runs or with different --out folders",
+                    "{} and {} would both write {}; segment them in separate runs or into different --out folders",
                     other.display(),
-                    image.display(),
+                    input.path.display(),
                     output.display()
                 );
             }
@@ -65,6 +112,8 @@ pub fn plan_jobs(images: &[PathBuf], out: Option<&Path>, save_probs: bool) -> Re
     Ok(jobs)
 }
 
+/// The path with its folder made absolute and symlink-free, so that two spellings of one file
+/// compare equal; the file itself need not exist yet.
 fn normalized(path: &Path) -> PathBuf {
     match (path.parent(), path.file_name()) {
         (Some(parent), Some(name)) => std::fs::canonicalize(if parent.as_os_str().is_empty() {
@@ -78,125 +127,109 @@ fn normalized(path: &Path) -> PathBuf {
     }
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    normalized(a) == normalized(b)
-}
-
-/// What happened to one image, for the per-image report line.
-pub struct Outcome {
-    pub width: usize,
-    pub height: usize,
-    pub seconds: f64,
-    /// (class name, percent of pixels), largest first, classes absent from the mask left out.
-    pub present: Vec<(String, f64)>,
-}
-
-impl Outcome {
-    pub fn summary_line(&self, job: &Job) -> String {
-        let classes = self
-            .present
-            .iter()
-            .map(|(name, percent)| format!("{name} {percent:.1}%"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "{} {}x{} {:.2}s: {}",
-            job.image.display(),
-            self.width,
-            self.height,
-            self.seconds,
-            classes
-        )
-    }
-}
-
-/// Decodes, segments and writes one image; nothing is written unless segmentation succeeded.
-pub fn run_job(segmenter: &Segmenter, job: &Job) -> Result<Outcome> {
-    let started = Instant::now();
-    let image = load_image(&job.image)?;
-    let segmentation = segmenter
-        .segment(&image)
-        .with_context(|| format!("cannot segment {}", job.image.display()))?;
-    write_outputs(&segmentation, job)?;
-    let total = (segmentation.width * segmentation.height) as f64;
-    let mut present: Vec<(String, f64)> = segmentation
-        .class_pixels
-        .iter()
-        .enumerate()
-        .filter(|(_, &pixels)| pixels > 0)
-        .map(|(class, &pixels)| {
-            (
-                segmenter.classes().display_name(class).to_string(),
-                100.0 * pixels as f64 / total,
-            )
-        })
-        .collect();
-    present.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Ok(Outcome {
-        width: segmentation.width,
-        height: segmentation.height,
-        seconds: started.elapsed().as_secs_f64(),
-        present,
-    })
-}
-
-fn write_outputs(segmentation: &Segmentation, job: &Job) -> Result<()> {
-    if let Some(dir) = job.mask.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-    }
-    write_label_png(
-        &job.mask,
-        &segmentation.labels,
-        segmentation.width as u32,
-        segmentation.height as u32,
-    )?;
-    if let (Some(path), Some(probs)) = (&job.probs, &segmentation.probs) {
-        let classes = probs.len() / (segmentation.width * segmentation.height);
-        write_npy_f32(
-            path,
-            &[classes, segmentation.height, segmentation.width],
-            probs,
-        )?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn file_input(path: &str) -> Input {
+        let path = PathBuf::from(path);
+        Input {
+            relative: PathBuf::from(path.file_name().unwrap()),
+            path,
+        }
+    }
+
+    fn options(
+        out: Option<&str>,
+        save_probs: bool,
+        overlay: Option<OverlayFormat>,
+    ) -> OutputOptions {
+        OutputOptions {
+            out: out.map(PathBuf::from),
+            save_probs,
+            overlay,
+        }
+    }
+
     #[test]
     fn outputs_go_beside_the_image_or_into_out() {
-        let jobs = plan_jobs(&[PathBuf::from("photos/cat.jpg")], None, true).unwrap();
+        let jobs = plan_jobs(
+            &[file_input("photos/cat.jpg")],
+            &options(None, true, Some(OverlayFormat::Jpeg)),
+        )
+        .unwrap();
         assert_eq!(jobs[0].mask, PathBuf::from("photos/cat.png"));
         assert_eq!(jobs[0].probs, Some(PathBuf::from("photos/cat.probs.npy")));
+        assert_eq!(
+            jobs[0].overlay,
+            Some(PathBuf::from("photos/cat.overlay.jpg"))
+        );
         let jobs = plan_jobs(
-            &[PathBuf::from("photos/cat.jpg")],
-            Some(Path::new("masks")),
-            false,
+            &[file_input("photos/cat.jpg")],
+            &options(Some("masks"), false, None),
         )
         .unwrap();
         assert_eq!(jobs[0].mask, PathBuf::from("masks/cat.png"));
         assert_eq!(jobs[0].probs, None);
+        assert_eq!(jobs[0].overlay, None);
     }
 
     #[test]
-    fn a_png_is_never_overwritten_by_its_own_mask() {
-        let err = plan_jobs(&[PathBuf::from("photos/cat.png")], None, false).unwrap_err();
-        assert!(err.to_string().contains("overwrite the image itself"));
+    fn folder_inputs_are_mirrored_under_out() {
+        let input = Input {
+            path: PathBuf::from("photos/2024/may/cat.jpg"),
+            relative: PathBuf::from("2024/may/cat.jpg"),
+        };
+        let jobs = plan_jobs(
+            &[input],
+            &options(Some("masks"), false, Some(OverlayFormat::Png)),
+        )
+        .unwrap();
+        assert_eq!(jobs[0].mask, PathBuf::from("masks/2024/may/cat.png"));
+        assert_eq!(
+            jobs[0].overlay,
+            Some(PathBuf::from("masks/2024/may/cat.overlay.png"))
+        );
+    }
+
+    #[test]
+    fn no_input_is_ever_overwritten() {
+        let err =
+            plan_jobs(&[file_input("photos/cat.png")], &options(None, false, None)).unwrap_err();
+        assert!(err.to_string().contains("would overwrite the image"));
+        // cat.jpg's mask would be cat.png, which is another input.
+        let both = [file_input("photos/cat.jpg"), file_input("photos/cat.png")];
+        let err = plan_jobs(&both, &options(None, false, None)).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("would overwrite the image photos/cat.png"));
         assert!(plan_jobs(
-            &[PathBuf::from("photos/cat.png")],
-            Some(Path::new("masks")),
-            false
+            &[file_input("photos/cat.png")],
+            &options(Some("masks"), false, None)
         )
         .is_ok());
     }
 
     #[test]
-    fn two_images_with_one_stem_are_refused() {
-        let images = [PathBuf::from("a/cat.jpg"), PathBuf::from("b/cat.png")];
-        let err = plan_jobs(&images, Some(Path::new("masks")), false).unwrap_err();
+    fn two_images_with_one_output_are_refused() {
+        let images = [file_input("a/cat.jpg"), file_input("b/cat.png")];
+        let err = plan_jobs(&images, &options(Some("masks"), false, None)).unwrap_err();
         assert!(err.to_string().contains("would both write"));
+    }
+
+    #[test]
+    fn a_job_is_done_only_when_every_output_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = Job {
+            image: dir.path().join("cat.jpg"),
+            mask: dir.path().join("cat.png"),
+            probs: Some(dir.path().join("cat.probs.npy")),
+            overlay: None,
+        };
+        assert!(!job.is_done());
+        std::fs::write(&job.mask, b"x").unwrap();
+        assert!(!job.is_done());
+        std::fs::write(job.probs.as_ref().unwrap(), b"x").unwrap();
+        assert!(job.is_done());
     }
 }

@@ -4,6 +4,8 @@
 //! output directory) sees either the previous complete file or the new complete file, never a
 //! partial one, and a failed or interrupted write never leaves a truncated file at the target.
 
+pub mod overlay;
+
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! Text queries: each class name is put into OpenAI's 80 ImageNet prompt templates, encoded by
 //! CLIP's text tower, and the normalised embeddings are averaged into one unit vector.
 
+pub mod cache;
+
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -23,6 +25,16 @@ const PROMPTS_PER_BATCH: usize = 320;
 /// The 80 prompt templates of OpenAI's CLIP ImageNet zero-shot notebook, `{}` marking the name.
 pub fn templates() -> Vec<&'static str> {
     TEMPLATES.lines().filter(|l| !l.is_empty()).collect()
+}
+
+/// How a batch of prompts is padded before the text tower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    /// To the batch's longest prompt: what sclip does.
+    Longest,
+    /// To the full context (77 tokens), as the authors' code does; the same queries, several
+    /// times the work. Kept to measure and test that equivalence.
+    Context,
 }
 
 pub struct TextEncoder {
@@ -107,16 +119,20 @@ impl TextEncoder {
 
     /// Unit-length embeddings of `prompts`, prompts x projection_dim (f32).
     ///
-    /// Each batch is padded only to its longest prompt: the causal mask makes the end token's
-    /// output independent of anything after it, so this equals padding to the full context.
-    pub fn encode_prompts(&self, prompts: &[String]) -> Result<Tensor> {
+    /// With [`Padding::Longest`] each batch is padded only to its longest prompt: the causal
+    /// mask makes the end token's output independent of anything after it, so this equals
+    /// padding to the full context.
+    pub fn encode_prompts(&self, prompts: &[String], padding: Padding) -> Result<Tensor> {
         let mut embeddings = Vec::new();
         for batch in prompts.chunks(PROMPTS_PER_BATCH) {
             let ids = batch
                 .iter()
                 .map(|p| self.token_ids(p))
                 .collect::<Result<Vec<_>>>()?;
-            let longest = ids.iter().map(Vec::len).max().unwrap_or(1);
+            let longest = match padding {
+                Padding::Longest => ids.iter().map(Vec::len).max().unwrap_or(1),
+                Padding::Context => self.context_length,
+            };
             let mut padded = vec![0u32; batch.len() * longest];
             let mut end_rows = Vec::with_capacity(batch.len());
             for (row, prompt_ids) in ids.iter().enumerate() {
@@ -138,13 +154,13 @@ impl TextEncoder {
 
     /// One query per name: the normalised mean of its normalised prompt embeddings,
     /// names x projection_dim (f32).
-    pub fn name_queries(&self, names: &[String]) -> Result<Tensor> {
+    pub fn name_queries(&self, names: &[String], padding: Padding) -> Result<Tensor> {
         let templates = templates();
         let prompts: Vec<String> = names
             .iter()
             .flat_map(|name| templates.iter().map(move |t| t.replace("{}", name)))
             .collect();
-        let embeddings = self.encode_prompts(&prompts)?;
+        let embeddings = self.encode_prompts(&prompts, padding)?;
         let dim = embeddings.dim(1)?;
         let means = embeddings
             .reshape((names.len(), templates.len(), dim))?
@@ -171,6 +187,33 @@ mod tests {
         assert_eq!(templates[0], "a bad photo of a {}.");
         assert_eq!(templates[79], "a tattoo of the {}.");
         assert!(templates.iter().all(|t| t.matches("{}").count() == 1));
+    }
+
+    #[test]
+    fn trimming_prompts_gives_the_queries_of_full_padding() {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model");
+        let files = crate::load::resolve_model(model.to_str().unwrap(), "main").unwrap();
+        let config = crate::load::ClipConfig::from_file(&files.config).unwrap();
+        let weights = crate::load::open_weights(&files.weights, DType::F32, &Device::Cpu).unwrap();
+        let encoder = TextEncoder::load(
+            &weights,
+            &config.text,
+            config.projection_dim,
+            &files.tokenizer,
+        )
+        .unwrap();
+        let names = ["dog".to_string(), "a very long name of a thing".to_string()];
+        let trimmed = encoder.name_queries(&names, Padding::Longest).unwrap();
+        let padded = encoder.name_queries(&names, Padding::Context).unwrap();
+        let difference = (trimmed - padded)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(difference < 1e-5, "{difference}");
     }
 
     #[test]

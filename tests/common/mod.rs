@@ -17,8 +17,14 @@ pub fn fixture_model() -> PathBuf {
 
 pub fn sclip() -> Command {
     let mut cmd = Command::cargo_bin("sclip").expect("the sclip binary is built");
-    // Tests must never reach a hub, whatever the developer's environment says.
-    cmd.env("HF_HUB_OFFLINE", "1").env_remove("HF_ENDPOINT");
+    // Tests must never reach a hub, whatever the developer's environment says, nor fill the
+    // user's own query cache; tests of the cache point SCLIP_CACHE_DIR elsewhere.
+    cmd.env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_ENDPOINT")
+        .env(
+            "SCLIP_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("query-cache"),
+        );
     cmd
 }
 

@@ -1,0 +1,359 @@
+//! `cargo bench --bench speed`: where the time goes, stage by stage, on a full-size ViT-B/16.
+//!
+//! Needs a full-size checkpoint (random weights do: speed does not depend on their values):
+//! `python3 tests/reference/make_fixtures.py --full-size models/vit-b16-random`, or point
+//! SCLIP_BENCH_MODEL at another CLIP folder. Threads follow RAYON_NUM_THREADS; the machines this
+//! runs on are often shared and throttle under load, so every figure is a median of several runs
+//! and single-thread figures (RAYON_NUM_THREADS=1) are the stable ones.
+//!
+//! Prints the GEMM peak of this CPU, per-stage times for a 448x336 and a 1000x750 photo, the
+//! vision forward's GFLOP/s, text queries (padded as the authors do, trimmed, cached), folder
+//! throughput of the `sclip` binary (16 images, the 21 VOC classes, cold and warm text cache)
+//! and peak memory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+use sclip::batch::report::peak_rss_mib;
+use sclip::load::{open_weights, resolve_model, ClipConfig, VisionConfig};
+use sclip::output::write_label_png;
+use sclip::postprocess::PostprocessParams;
+use sclip::preprocess::{load_image, DEFAULT_MAX_PIXELS};
+use sclip::presets;
+use sclip::segment::{Segmenter, Settings, WindowCrop};
+use sclip::text::cache::QueryCache;
+use sclip::text::{Padding, TextEncoder};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const DEFAULT_MODEL_DIR: &str = "models/vit-b16-random";
+const FOLDER_IMAGES: usize = 16;
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("bench error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let model_dir = std::env::var_os("SCLIP_BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL_DIR));
+    if !model_dir.join("config.json").is_file() {
+        bail!(
+            "no model at {}; make a full-size random ViT-B/16 with \
+             `python3 tests/reference/make_fixtures.py --full-size {DEFAULT_MODEL_DIR}` \
+             (needs `pip install -r tests/reference/requirements.txt`) or set SCLIP_BENCH_MODEL",
+            model_dir.display()
+        );
+    }
+    let threads = rayon::current_num_threads();
+    println!(
+        "sclip speed bench: {threads} thread(s), model {}",
+        model_dir.display()
+    );
+    let scratch = tempfile::tempdir()?;
+    let photos = make_photos(scratch.path())?;
+
+    let gemm_peak = gemm_gflops()?;
+    println!("\nGEMM 1176x768 * 768x3072 (f32): {gemm_peak:.1} GFLOP/s (median of 7)");
+
+    let files = resolve_model(
+        model_dir.to_str().context("model path is not UTF-8")?,
+        "main",
+    )?;
+    let config = ClipConfig::from_file(&files.config)?;
+    let voc21 = presets::find("voc21")?;
+    let classes = voc21.classes();
+    let (names, _) = classes.queries();
+    text_bench(&files, &config, &names)?;
+
+    let cache_dir = scratch.path().join("cache");
+    let cache = QueryCache::new(cache_dir.clone());
+    let settings = Settings {
+        short_side: 336,
+        window: 224,
+        stride: 112,
+        batch_size: 8,
+        postprocess: PostprocessParams {
+            logit_scale: voc21.logit_scale,
+            prob_thd: voc21.prob_thd,
+            area_thd: voc21.area_thd,
+        },
+        keep_probs: false,
+    };
+    let started = Instant::now();
+    let segmenter = Segmenter::new(
+        &files,
+        &Device::Cpu,
+        DType::F32,
+        classes.clone(),
+        settings.clone(),
+        Some(&cache),
+    )?;
+    println!(
+        "model load + text queries (cold cache): {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let warm = Segmenter::new(
+        &files,
+        &Device::Cpu,
+        DType::F32,
+        classes,
+        settings,
+        Some(&cache),
+    )?;
+    println!(
+        "model load + text queries (warm cache): {:.2} s ({})",
+        started.elapsed().as_secs_f64(),
+        warm.text_stats()
+    );
+    drop(warm);
+
+    vision_bench(&segmenter, &config, gemm_peak)?;
+    for (label, path) in &photos {
+        image_bench(&segmenter, label, path, scratch.path())?;
+    }
+    drop(segmenter);
+    folder_bench(&model_dir, &photos[1].1, scratch.path())?;
+    if let Some(peak) = peak_rss_mib() {
+        println!("\npeak RSS of this bench process: {peak:.0} MiB");
+    }
+    Ok(())
+}
+
+/// A 448x336 and a 1000x750 JPEG made from the sample photo (tiled and scaled, so that the
+/// content is photographic), as `(label, path)`.
+fn make_photos(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let sample = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/astronaut.jpg"))
+        .context("cannot open assets/astronaut.jpg")?
+        .into_rgb8();
+    let mut photos = Vec::new();
+    for (width, height) in [(448, 336), (1000, 750)] {
+        let resized: RgbImage = image::imageops::resize(
+            &sample,
+            width,
+            height,
+            image::imageops::FilterType::Triangle,
+        );
+        let path = dir.join(format!("photo{width}x{height}.jpg"));
+        resized.save(&path)?;
+        photos.push((format!("{width}x{height}"), path));
+    }
+    Ok(photos)
+}
+
+/// Median seconds of `runs` calls after one warm-up call.
+fn median_seconds(runs: usize, mut work: impl FnMut() -> Result<()>) -> Result<f64> {
+    work()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        work()?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[runs / 2])
+}
+
+/// The GEMM shape of ViT-B/16's MLP over six windows' tokens: the best case for this CPU.
+fn gemm_gflops() -> Result<f64> {
+    let (m, k, n) = (1176, 768, 3072);
+    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+    let seconds = median_seconds(7, || {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
+    Ok(2.0 * (m * k * n) as f64 / seconds / 1e9)
+}
+
+fn text_bench(
+    files: &sclip::load::ModelFiles,
+    config: &ClipConfig,
+    names: &[String],
+) -> Result<()> {
+    let weights = open_weights(&files.weights, DType::F32, &Device::Cpu)?;
+    let encoder = TextEncoder::load(
+        &weights,
+        &config.text,
+        config.projection_dim,
+        &files.tokenizer,
+    )?;
+    let prompts = names.len() * sclip::text::templates().len();
+    println!(
+        "\ntext queries, {} names x 80 templates = {prompts} prompts:",
+        names.len()
+    );
+    let mut timed = Vec::new();
+    for (label, padding) in [
+        ("padded to 77 tokens (the authors' way)", Padding::Context),
+        ("trimmed to the longest prompt (sclip)", Padding::Longest),
+    ] {
+        let seconds = median_seconds(2, || {
+            encoder.name_queries(names, padding)?;
+            Ok(())
+        })?;
+        println!("  {label}: {seconds:.2} s");
+        timed.push(seconds);
+    }
+    println!("  trimming is {:.1}x faster", timed[0] / timed[1]);
+    Ok(())
+}
+
+/// Multiply-adds of one window through the vision tower with the CSA last block, counted as
+/// two FLOPs each: patch embedding, every layer's projections, attention and MLP, and the final
+/// projection (the CSA block has two attention maps instead of one).
+fn window_flops(vision: &VisionConfig, projection_dim: usize, grid: usize) -> f64 {
+    let tower = &vision.tower;
+    let (d, m) = (tower.hidden_size as f64, tower.intermediate_size as f64);
+    let patches = (grid * grid) as f64;
+    let tokens = patches + 1.0;
+    let patch_embedding =
+        patches * (vision.num_channels * vision.patch_size * vision.patch_size) as f64 * d;
+    let projections = tokens * d * 4.0 * d;
+    let mlp = 2.0 * tokens * d * m;
+    let attention = 2.0 * tokens * tokens * d;
+    let layers = tower.num_layers as f64;
+    let multiply_adds = patch_embedding
+        + layers * (projections + mlp + attention)
+        + tokens * tokens * d
+        + patches * d * projection_dim as f64;
+    2.0 * multiply_adds
+}
+
+fn vision_bench(segmenter: &Segmenter, config: &ClipConfig, gemm_peak: f64) -> Result<()> {
+    let image = RgbImage::from_fn(448, 336, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
+    });
+    let prepared = segmenter.prepare(&image);
+    let grid = 224 / config.vision.patch_size;
+    let flops = window_flops(&config.vision, config.projection_dim, grid);
+    println!(
+        "\nvision forward, 224x224 windows ({:.1} GFLOP each):",
+        flops / 1e9
+    );
+    for batch in [1, prepared.windows.len()] {
+        let crops: Vec<WindowCrop> = prepared.windows[..batch]
+            .iter()
+            .map(|window| WindowCrop {
+                image: &prepared,
+                window,
+            })
+            .collect();
+        let seconds = median_seconds(5, || {
+            segmenter.window_logits(&crops)?;
+            Ok(())
+        })? / batch as f64;
+        let gflops = flops / seconds / 1e9;
+        println!(
+            "  batch {batch}: {:.3} s per window, {gflops:.1} GFLOP/s = {:.0}% of the GEMM peak",
+            seconds,
+            100.0 * gflops / gemm_peak
+        );
+    }
+    Ok(())
+}
+
+fn image_bench(segmenter: &Segmenter, label: &str, path: &Path, scratch: &Path) -> Result<()> {
+    println!("\n{label} photo ({}):", path.display());
+    let decode = median_seconds(5, || {
+        let photo = load_image(path, DEFAULT_MAX_PIXELS)?;
+        segmenter.prepare(&photo);
+        Ok(())
+    })?;
+    let photo = load_image(path, DEFAULT_MAX_PIXELS)?;
+    let prepared = segmenter.prepare(&photo);
+    let crops: Vec<WindowCrop> = prepared
+        .windows
+        .iter()
+        .map(|window| WindowCrop {
+            image: &prepared,
+            window,
+        })
+        .collect();
+    let windows = median_seconds(3, || {
+        segmenter.window_logits(&crops)?;
+        Ok(())
+    })?;
+    let logits = segmenter.window_logits(&crops)?;
+    let canvas = || {
+        let mut canvas = segmenter.canvas_for(&prepared);
+        for (window, window_logits) in prepared.windows.iter().zip(logits.per_window()) {
+            canvas.add_window(window, window_logits, logits.grid_h, logits.grid_w);
+        }
+        canvas
+    };
+    let post = median_seconds(5, || {
+        segmenter.finish(canvas(), &prepared);
+        Ok(())
+    })?;
+    let segmentation = segmenter.finish(canvas(), &prepared);
+    let mask = scratch.join("mask.png");
+    let (width, height) = (segmentation.width as u32, segmentation.height as u32);
+    let encode = median_seconds(5, || {
+        write_label_png(&mask, &segmentation.labels, width, height)
+    })?;
+    let end_to_end = median_seconds(3, || {
+        let photo = load_image(path, DEFAULT_MAX_PIXELS)?;
+        let segmentation = segmenter.segment(&photo)?;
+        write_label_png(&mask, &segmentation.labels, width, height)
+    })?;
+    println!("  decode + resize: {decode:.4} s");
+    println!("  {} windows: {windows:.3} s", prepared.windows.len());
+    println!("  upsample + post-process: {post:.4} s");
+    println!("  PNG encode + write: {encode:.4} s");
+    println!("  end to end (model loaded, text cached): {end_to_end:.3} s per image");
+    Ok(())
+}
+
+/// The `sclip` binary on a folder, as users run it: process start, model load, text queries
+/// (cold: an empty cache; warm: the cache the cold run filled) and every image.
+fn folder_bench(model_dir: &Path, photo: &Path, scratch: &Path) -> Result<()> {
+    let folder = scratch.join("folder");
+    std::fs::create_dir_all(&folder)?;
+    for i in 0..FOLDER_IMAGES {
+        std::fs::copy(photo, folder.join(format!("img{i:02}.jpg")))?;
+    }
+    println!(
+        "\nsclip segment on a folder of {FOLDER_IMAGES} {} photos, --preset voc21:",
+        photo.file_stem().unwrap_or_default().to_string_lossy()
+    );
+    let cache = scratch.join("folder-cache");
+    for run in ["cold text cache", "warm text cache"] {
+        let started = Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_sclip"))
+            .arg("segment")
+            .arg(&folder)
+            .arg("--model")
+            .arg(model_dir)
+            .args(["--preset", "voc21", "--json", "--quiet", "--out"])
+            .arg(scratch.join("folder-out"))
+            .env("SCLIP_CACHE_DIR", &cache)
+            .output()?;
+        let wall = started.elapsed().as_secs_f64();
+        if !output.status.success() {
+            bail!("sclip failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let stdout = String::from_utf8(output.stdout)?;
+        let summary: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().context("sclip printed no summary")?)?;
+        println!(
+            "  {run}: {:.2} images/s whole process ({wall:.1} s), {} images/s after a {} s setup (text {} s), peak RSS {} MiB",
+            FOLDER_IMAGES as f64 / wall,
+            summary["images_per_second"],
+            summary["setup_seconds"],
+            summary["text"]["seconds"],
+            summary["peak_rss_mib"],
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! Telling the user what happened: a line per image (human text, or a JSON object with
+//! `--json`), errors on stderr, a progress bar on a terminal, and a final summary.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+
+use super::pipeline::Outcome;
+use super::Job;
+use crate::classes::ClassList;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `path WxH 0.84s: dog 41.2%, water 30.0%` on stdout.
+    Human,
+    /// One JSON object a line on stdout, for scripts.
+    Json,
+}
+
+/// How each image ended, counted for the summary and the exit code.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub ok: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+/// Facts about the run that the summary reports besides the counts.
+#[derive(Debug, Clone, Default)]
+pub struct RunFacts {
+    /// Images found but not started because the run was stopped (Ctrl-C, `--fail-fast`).
+    pub not_started: usize,
+    pub interrupted: bool,
+    /// Model loading and text queries, before the first image.
+    pub setup_seconds: f64,
+    pub text: Value,
+}
+
+pub struct Reporter<'a> {
+    format: Format,
+    /// Per-image human lines and the summary are left out; errors are still printed.
+    quiet: bool,
+    classes: &'a ClassList,
+    bar: Option<ProgressBar>,
+    counts: Counts,
+    started: Instant,
+}
+
+impl<'a> Reporter<'a> {
+    /// `progress`: draw a bar on stderr (the caller decides: a terminal, and not `--quiet`).
+    pub fn new(
+        format: Format,
+        quiet: bool,
+        progress: bool,
+        total: usize,
+        classes: &'a ClassList,
+    ) -> Self {
+        let bar = progress.then(|| {
+            let bar = ProgressBar::with_draw_target(
+                Some(total as u64),
+                ProgressDrawTarget::stderr_with_hz(4),
+            );
+            // No colours in the template: nothing to switch off for NO_COLOR or dumb terminals.
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{wide_bar}] {pos}/{len} images, {per_sec}, ETA {eta}",
+                )
+                .expect("the template is valid")
+                .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
+        Reporter {
+            format,
+            quiet,
+            classes,
+            bar,
+            counts: Counts::default(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// An image left alone by `--skip-existing`: its outputs all exist.
+    pub fn skipped(&mut self, job: &Job) {
+        self.counts.skipped += 1;
+        if self.format == Format::Json {
+            let line = json!({
+                "type": "image",
+                "path": display(&job.image),
+                "status": "skipped",
+                "outputs": outputs(job),
+            });
+            self.print_stdout(&line.to_string());
+        }
+        self.advance();
+    }
+
+    /// A path that could not even become a job: missing, or an unreadable folder.
+    pub fn problem(&mut self, path: &Path, problem: &str) {
+        self.counts.failed += 1;
+        let message = format!("{}: {problem}", path.display());
+        if self.format == Format::Json {
+            let line = json!({
+                "type": "image",
+                "path": display(path),
+                "status": "failed",
+                "error": message,
+            });
+            self.print_stdout(&line.to_string());
+        }
+        self.print_stderr(&format!("sclip: error: {message}"));
+        self.advance();
+    }
+
+    pub fn finished(&mut self, job: &Job, result: &Result<Outcome>) {
+        match result {
+            Ok(outcome) => {
+                self.counts.ok += 1;
+                match self.format {
+                    Format::Json => {
+                        let classes: Vec<Value> = outcome
+                            .present
+                            .iter()
+                            .map(|&(class, fraction)| {
+                                json!({
+                                    "class": self.classes.display_name(class),
+                                    "index": class,
+                                    "fraction": fraction,
+                                })
+                            })
+                            .collect();
+                        let line = json!({
+                            "type": "image",
+                            "path": display(&job.image),
+                            "status": "ok",
+                            "width": outcome.width,
+                            "height": outcome.height,
+                            "seconds": round_ms(outcome.seconds),
+                            "outputs": outputs(job),
+                            "classes": classes,
+                        });
+                        self.print_stdout(&line.to_string());
+                    }
+                    Format::Human if !self.quiet => {
+                        let line = self.human_line(job, outcome);
+                        self.print_stdout(&line);
+                    }
+                    Format::Human => {}
+                }
+            }
+            Err(error) => {
+                self.counts.failed += 1;
+                let message = one_line(error);
+                if self.format == Format::Json {
+                    let line = json!({
+                        "type": "image",
+                        "path": display(&job.image),
+                        "status": "failed",
+                        "error": message,
+                    });
+                    self.print_stdout(&line.to_string());
+                }
+                self.print_stderr(&format!("sclip: error: {message}"));
+            }
+        }
+        self.advance();
+    }
+
+    fn human_line(&self, job: &Job, outcome: &Outcome) -> String {
+        let classes = outcome
+            .present
+            .iter()
+            .map(|&(class, fraction)| {
+                format!(
+                    "{} {:.1}%",
+                    self.classes.display_name(class),
+                    100.0 * fraction
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "{} {}x{} {:.2}s: {classes}",
+            job.image.display(),
+            outcome.width,
+            outcome.height,
+            outcome.seconds
+        )
+    }
+
+    /// The last word: counts, time and speed, on stderr for people (stdout stays the per-image
+    /// lines) or as a final JSON object.
+    pub fn summary(self, facts: &RunFacts) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        let per_second = if seconds > 0.0 {
+            self.counts.ok as f64 / seconds
+        } else {
+            0.0
+        };
+        let Counts {
+            ok,
+            skipped,
+            failed,
+        } = self.counts;
+        match self.format {
+            Format::Json => {
+                let line = json!({
+                    "type": "summary",
+                    "ok": ok,
+                    "skipped": skipped,
+                    "failed": failed,
+                    "not_started": facts.not_started,
+                    "interrupted": facts.interrupted,
+                    "seconds": round_ms(seconds),
+                    "images_per_second": (per_second * 1000.0).round() / 1000.0,
+                    "setup_seconds": round_ms(facts.setup_seconds),
+                    "text": facts.text,
+                    "peak_rss_mib": peak_rss_mib().map(f64::round),
+                });
+                self.print_stdout(&line.to_string());
+            }
+            Format::Human if !self.quiet => {
+                let mut line = format!(
+                    "sclip: {ok} ok, {skipped} skipped, {failed} failed in {seconds:.1} s ({per_second:.2} images/s)"
+                );
+                if facts.interrupted {
+                    line.push_str(&format!("; interrupted, {} not started", facts.not_started));
+                } else if facts.not_started > 0 {
+                    line.push_str(&format!(
+                        "; stopped at the first failure, {} not started",
+                        facts.not_started
+                    ));
+                }
+                self.print_stderr(&line);
+            }
+            Format::Human => {}
+        }
+    }
+
+    fn advance(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    /// Prints above the progress bar rather than through it.
+    fn print_stdout(&self, line: &str) {
+        let print = || {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`sclip ... | head`) must not stop the run: the files are the point.
+            let _ = writeln!(stdout, "{line}");
+            let _ = stdout.flush();
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
+    fn print_stderr(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+fn outputs(job: &Job) -> Value {
+    let mut outputs = json!({ "mask": display(&job.mask) });
+    if let Some(probs) = &job.probs {
+        outputs["probs"] = display(probs).into();
+    }
+    if let Some(overlay) = &job.overlay {
+        outputs["overlay"] = display(overlay).into();
+    }
+    outputs
+}
+
+/// JSON strings are Unicode; a non-UTF-8 name is shown with replacement characters.
+fn display(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
+/// An error and its causes on one line. Some library errors (candle's, with RUST_BACKTRACE set)
+/// carry a backtrace on later lines, which is noise to a user.
+pub fn one_line(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|cause| {
+            cause
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// The high-water mark of this process's resident memory, in MiB (Linux only).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

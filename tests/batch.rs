@@ -1,0 +1,585 @@
+//! Folders through `sclip segment` the way scripts and schedulers use it: walking, lists on
+//! stdin, shards, resuming, bad files in the batch, JSON, overlays and the text query cache.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+use common::{fixture_model, fixtures, read_label_png, sclip};
+
+/// `sclip segment` with the fixture model and small windows, so that each image takes one or two.
+fn segment() -> Command {
+    let mut cmd = sclip();
+    cmd.arg("segment")
+        .arg("--model")
+        .arg(fixture_model())
+        .args(["--classes", "person,sky|space,wall"])
+        .args(["--short-side", "112", "--window", "112", "--stride", "56"]);
+    cmd
+}
+
+fn fixture_image(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
+fn copy_fixture(name: &str, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(fixture_image(name), to).unwrap();
+}
+
+/// Every file under `dir`, relative to it, as `/`-separated strings.
+fn files_under(dir: &Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).unwrap();
+                found.insert(relative.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    found
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+fn summary(lines: &[Value]) -> &Value {
+    let last = lines.last().expect("a summary line");
+    assert_eq!(last["type"], "summary", "{last}");
+    last
+}
+
+fn image_paths(lines: &[Value], status: &str) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter(|line| line["type"] == "image" && line["status"] == status)
+        .map(|line| line["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_complete_mask(path: &Path) {
+    let (width, height, labels) = read_label_png(path);
+    assert_eq!(labels.len(), width * height, "{}", path.display());
+    assert!(labels.iter().all(|&label| label < 3), "{}", path.display());
+}
+
+/// A folder of photos: nested folders, a PNG with a misleading extension, a text file, a
+/// hidden file.
+fn photo_tree() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    copy_fixture("astronaut.jpg", &photos.join("top.jpg"));
+    copy_fixture("small_window.png", &photos.join("trip/day1/beach.png"));
+    copy_fixture("chelsea_grey.png", &photos.join("trip/cat.data"));
+    copy_fixture("coffee.png", &photos.join(".hidden.png"));
+    std::fs::write(photos.join("trip/notes.jpg"), b"not an image at all").unwrap();
+    dir
+}
+
+#[test]
+fn folders_are_walked_and_mirrored_under_out() {
+    let dir = photo_tree();
+    let out = dir.path().join("masks");
+    let output = segment()
+        .arg(dir.path().join("photos"))
+        .arg("-r")
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let expected: BTreeSet<String> = ["top.png", "trip/day1/beach.png", "trip/cat.png"]
+        .map(String::from)
+        .into();
+    assert_eq!(files_under(&out), expected);
+    for mask in &expected {
+        assert_complete_mask(&out.join(mask));
+    }
+    let (width, height, _) = read_label_png(&out.join("trip/day1/beach.png"));
+    assert_eq!((width, height), (96, 72), "masks keep the image's size");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("3 ok, 0 skipped, 0 failed"), "{stderr}");
+
+    // Without -r only the folder's own files, and a hint about the rest.
+    let shallow = dir.path().join("shallow");
+    let output = segment()
+        .arg(dir.path().join("photos"))
+        .arg("--out")
+        .arg(&shallow)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        files_under(&shallow),
+        BTreeSet::from(["top.png".to_string()])
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("pass -r"));
+}
+
+#[test]
+fn a_folder_needs_out_and_other_usage_errors_exit_2() {
+    let dir = photo_tree();
+    let photos = dir.path().join("photos");
+    let cases: [(&[&str], &str); 4] = [
+        (&[], "folders need --out"),
+        (&["--out", "x", "--shard", "0/3"], "--shard"),
+        (&["--out", "x", "--alpha", "1.5"], "--alpha"),
+        (&["--out", "x", "--preset", "voc22"], "unknown preset"),
+    ];
+    for (extra, expected) in cases {
+        let output = segment().arg(&photos).args(extra).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+    assert!(!photos.join("top.png").exists());
+}
+
+#[test]
+fn paths_come_from_stdin_one_a_line_or_nul_separated() {
+    let dir = photo_tree();
+    let photos = dir.path().join("photos");
+    let list = format!(
+        "{}\n{}\n",
+        photos.join("top.jpg").display(),
+        photos.join("trip/day1/beach.png").display()
+    );
+    let out = dir.path().join("listed");
+    let output = segment()
+        .args(["--files-from", "-", "--json", "--out"])
+        .arg(&out)
+        .write_stdin(list.clone())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(summary(&lines)["ok"], 2);
+    // Listed paths are mirrored whole (less their root), so they can never collide or escape.
+    let inside = |name: &str| {
+        photos
+            .join(name)
+            .strip_prefix("/")
+            .unwrap()
+            .with_extension("png")
+            .to_string_lossy()
+            .into_owned()
+    };
+    let expected = BTreeSet::from([inside("top.jpg"), inside("trip/day1/beach.png")]);
+    assert_eq!(files_under(&out), expected);
+
+    let out = dir.path().join("nul");
+    let output = segment()
+        .args(["--files-from", "-", "-0", "--out"])
+        .arg(&out)
+        .write_stdin(list.replace('\n', "\0"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(files_under(&out), expected);
+}
+
+#[test]
+fn shards_partition_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    for i in 0..12 {
+        copy_fixture("small_window.png", &photos.join(format!("img{i:02}.png")));
+    }
+    let mut seen: Vec<BTreeSet<String>> = Vec::new();
+    for k in 1..=3 {
+        let output = segment()
+            .arg(&photos)
+            .args(["--json", "--shard", &format!("{k}/3"), "--out"])
+            .arg(dir.path().join("masks"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        seen.push(image_paths(&json_lines(&output), "ok"));
+    }
+    let union: BTreeSet<String> = seen.iter().flatten().cloned().collect();
+    assert_eq!(union.len(), 12, "every image in some shard");
+    assert_eq!(
+        seen.iter().map(BTreeSet::len).sum::<usize>(),
+        12,
+        "no image in two shards"
+    );
+    assert_eq!(files_under(&dir.path().join("masks")).len(), 12);
+}
+
+/// Copies of one image, enough that a run takes a while.
+fn many_photos(dir: &Path, count: usize) -> PathBuf {
+    let photos = dir.join("photos");
+    for i in 0..count {
+        copy_fixture("astronaut.jpg", &photos.join(format!("img{i:03}.jpg")));
+    }
+    photos
+}
+
+/// Starts a run, waits for its first mask, then sends `signal`; returns the exit status.
+fn interrupt_mid_run(photos: &Path, out: &Path, signal: &str) -> std::process::ExitStatus {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sclip"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "SCLIP_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("query-cache"),
+        )
+        .arg("segment")
+        .arg(photos)
+        .arg("--model")
+        .arg(fixture_model())
+        .args([
+            "--classes",
+            "person,sky|space,wall",
+            "--batch-size",
+            "1",
+            "--overlay",
+        ])
+        // Large enough (35 windows an image) that the run is still going when the signal lands.
+        .args(["--short-side", "672"])
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.join("img000.overlay.jpg").exists() {
+        assert!(Instant::now() < deadline, "no output within two minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait().unwrap()
+}
+
+/// Visible outputs are complete masks and overlays; a killed run may leave only hidden
+/// temporary files (`.name.random.tmp`) besides them.
+fn assert_no_partial_outputs(out: &Path) -> usize {
+    let mut masks = 0;
+    for name in files_under(out) {
+        if name.starts_with('.') {
+            assert!(name.ends_with(".tmp"), "{name}");
+        } else if name.ends_with(".overlay.jpg") {
+            image::open(out.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        } else {
+            assert_complete_mask(&out.join(&name));
+            masks += 1;
+        }
+    }
+    masks
+}
+
+#[test]
+#[cfg(unix)]
+fn a_killed_run_resumes_with_skip_existing() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = many_photos(dir.path(), 40);
+    let out = dir.path().join("masks");
+    let status = interrupt_mid_run(&photos, &out, "-KILL");
+    assert!(!status.success(), "the run was killed before finishing");
+    let done_before = assert_no_partial_outputs(&out);
+    assert!((1..40).contains(&done_before), "{done_before} masks");
+
+    let output = segment()
+        .arg(&photos)
+        .args(["--skip-existing", "--overlay", "--json", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lines = json_lines(&output);
+    let totals = summary(&lines);
+    // An image whose mask was written but whose overlay was not is redone.
+    let skipped = totals["skipped"].as_u64().unwrap() as usize;
+    assert!(
+        skipped == done_before || skipped + 1 == done_before,
+        "{totals}"
+    );
+    assert_eq!(totals["ok"].as_u64().unwrap() as usize + skipped, 40);
+    assert_eq!(assert_no_partial_outputs(&out), 40);
+}
+
+#[test]
+#[cfg(unix)]
+fn ctrl_c_stops_cleanly_with_a_summary_and_status_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = many_photos(dir.path(), 40);
+    let out = dir.path().join("masks");
+    let status = interrupt_mid_run(&photos, &out, "-INT");
+    assert_eq!(status.code(), Some(130));
+    let done = assert_no_partial_outputs(&out);
+    assert!((1..40).contains(&done), "{done} masks");
+    let temporaries = files_under(&out)
+        .into_iter()
+        .filter(|name| name.starts_with('.'))
+        .count();
+    assert_eq!(temporaries, 0, "Ctrl-C lets every write finish or clean up");
+}
+
+#[test]
+fn bad_files_fail_alone_and_the_batch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.png");
+    copy_fixture("small_window.png", &good);
+    let truncated = dir.path().join("truncated.jpg");
+    let jpeg = std::fs::read(fixture_image("astronaut.jpg")).unwrap();
+    std::fs::write(&truncated, &jpeg[..jpeg.len() / 2]).unwrap();
+    let empty = dir.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let text = dir.path().join("text.jpg");
+    std::fs::write(&text, b"hello").unwrap();
+    let huge = dir.path().join("huge.png");
+    copy_fixture("coffee.png", &huge);
+    let missing = dir.path().join("missing.png");
+    let out = dir.path().join("masks");
+    let output = segment()
+        .args([&good, &truncated, &empty, &text, &huge, &missing])
+        .args(["--json", "--max-pixels", "10000", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let lines = json_lines(&output);
+    let totals = summary(&lines);
+    assert_eq!(
+        (&totals["ok"], &totals["failed"], &totals["skipped"]),
+        (&1.into(), &5.into(), &0.into()),
+        "{totals}"
+    );
+    assert_eq!(files_under(&out), BTreeSet::from(["good.png".to_string()]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for (path, cause) in [
+        (&truncated, "truncated"),
+        (&empty, "empty"),
+        (&text, "not an image"),
+        (&huge, "--max-pixels"),
+        (&missing, "no such file"),
+    ] {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let line = stderr
+            .lines()
+            .find(|line| line.contains(&*name))
+            .unwrap_or_else(|| panic!("no error for {name}: {stderr}"));
+        assert!(line.to_lowercase().contains(cause), "{line}");
+    }
+
+    let output = segment()
+        .args([&truncated, &good])
+        .args(["--fail-fast", "--json", "--out"])
+        .arg(dir.path().join("fast"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let lines = json_lines(&output);
+    assert_eq!(summary(&lines)["failed"], 1);
+    assert!(!dir.path().join("fast/good.png").exists(), "stopped first");
+}
+
+#[test]
+fn json_reports_every_image_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let output = segment()
+        .arg(fixture_image("astronaut.jpg"))
+        .arg(fixture_image("small_window.png"))
+        .args(["--json", "--save-probs", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 3);
+    let image = &lines[0];
+    assert_eq!(image["type"], "image");
+    assert_eq!(image["status"], "ok");
+    assert!(image["path"].as_str().unwrap().ends_with("astronaut.jpg"));
+    assert_eq!(
+        (&image["width"], &image["height"]),
+        (&128.into(), &96.into())
+    );
+    assert!(image["seconds"].as_f64().unwrap() > 0.0);
+    let mask = image["outputs"]["mask"].as_str().unwrap();
+    assert_complete_mask(Path::new(mask));
+    assert!(Path::new(image["outputs"]["probs"].as_str().unwrap()).exists());
+    let fractions: f64 = image["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|class| class["fraction"].as_f64().unwrap())
+        .sum();
+    assert!((fractions - 1.0).abs() < 1e-9, "{fractions}");
+    let summary = summary(&lines);
+    assert_eq!(
+        (&summary["ok"], &summary["failed"], &summary["skipped"]),
+        (&2.into(), &0.into(), &0.into())
+    );
+    assert!(summary["images_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn overlays_blend_the_photo_and_add_a_legend() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    for (format, name) in [
+        (None, "astronaut.overlay.jpg"),
+        (Some("png"), "astronaut.overlay.png"),
+    ] {
+        let mut cmd = segment();
+        cmd.arg(fixture_image("astronaut.jpg"))
+            .arg("--out")
+            .arg(&out);
+        match format {
+            Some(format) => cmd.args(["--overlay", format]),
+            None => cmd.arg("--overlay"),
+        };
+        let output = cmd.output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let overlay = image::open(out.join(name)).unwrap().into_rgb8();
+        assert_eq!(overlay.width(), 128);
+        assert!(overlay.height() > 96, "a legend strip below the photo");
+    }
+}
+
+#[test]
+fn the_second_run_reads_the_text_queries_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run = |out: &str| {
+        let output = segment()
+            .env("SCLIP_CACHE_DIR", &cache)
+            .arg(fixture_image("small_window.png"))
+            .args(["--json", "--out"])
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        summary(&json_lines(&output))["text"].clone()
+    };
+    assert_eq!(run("first")["cache"], "miss");
+    assert_eq!(run("second")["cache"], "hit");
+    assert_eq!(
+        std::fs::read(dir.path().join("first/small_window.png")).unwrap(),
+        std::fs::read(dir.path().join("second/small_window.png")).unwrap(),
+        "cached queries give the same mask"
+    );
+    let output = segment()
+        .env("SCLIP_CACHE_DIR", &cache)
+        .arg(fixture_image("small_window.png"))
+        .args(["--json", "--no-cache", "--out"])
+        .arg(dir.path().join("third"))
+        .output()
+        .unwrap();
+    assert_eq!(summary(&json_lines(&output))["text"]["cache"], "off");
+}
+
+#[test]
+fn two_processes_share_an_out_folder_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    for i in 0..6 {
+        copy_fixture("small_window.png", &photos.join(format!("img{i}.png")));
+    }
+    let out = dir.path().join("masks");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sclip"))
+            .env("HF_HUB_OFFLINE", "1")
+            .env("SCLIP_CACHE_DIR", dir.path().join("cache"))
+            .arg("segment")
+            .arg(&photos)
+            .arg("--model")
+            .arg(fixture_model())
+            .args(["--classes", "person,sky|space,wall", "--quiet", "--out"])
+            .arg(&out)
+            .spawn()
+            .unwrap()
+    };
+    let (mut first, mut second) = (start(), start());
+    assert!(first.wait().unwrap().success());
+    assert!(second.wait().unwrap().success());
+    assert_eq!(files_under(&out).len(), 6);
+    assert_eq!(assert_no_partial_outputs(&out), 6);
+}
+
+#[test]
+#[cfg(unix)]
+fn file_names_need_not_be_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+    copy_fixture("small_window.png", &photos.join(name));
+    let out = dir.path().join("masks");
+    let output = segment()
+        .arg(&photos)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_complete_mask(&out.join(name));
+}
+
+#[test]
+fn presets_are_listed_printed_and_used() {
+    let output = sclip().arg("presets").output().unwrap();
+    assert!(output.status.success());
+    let listing = String::from_utf8_lossy(&output.stdout);
+    for name in [
+        "voc21",
+        "voc20",
+        "context60",
+        "context59",
+        "coco_object",
+        "coco_stuff164k",
+        "coco_stuff10k",
+        "cityscapes",
+        "ade20k",
+    ] {
+        assert!(listing.contains(name), "{name} missing from {listing}");
+    }
+    let output = sclip().args(["presets", "cityscapes"]).output().unwrap();
+    let class_file = String::from_utf8(output.stdout).unwrap();
+    let classes = class_file
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+        .count();
+    assert_eq!(classes, 19);
+
+    // A user's edited copy of the preset's file, with its settings.
+    let dir = tempfile::tempdir().unwrap();
+    let edited = dir.path().join("classes.txt");
+    std::fs::write(&edited, class_file.replace("road", "street")).unwrap();
+    let output = sclip()
+        .arg("segment")
+        .arg(fixture_image("small_window.png"))
+        .arg("--model")
+        .arg(fixture_model())
+        .args(["--preset", "cityscapes", "--classes-file"])
+        .arg(&edited)
+        .args(["--short-side", "112", "--json", "--out"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lines = json_lines(&output);
+    assert_eq!(summary(&lines)["text"]["names"], 19);
+}
