@@ -395,6 +395,29 @@ fn bad_files_fail_alone_and_the_batch_goes_on() {
 }
 
 #[test]
+fn an_output_that_cannot_be_written_fails_that_image_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    copy_fixture("small_window.png", &photos.join("blocked/a.png"));
+    copy_fixture("small_window.png", &photos.join("free/b.png"));
+    let out = dir.path().join("masks");
+    std::fs::create_dir_all(&out).unwrap();
+    // A file where the mirrored folder would go.
+    std::fs::write(out.join("blocked"), b"in the way").unwrap();
+    let output = segment()
+        .arg(&photos)
+        .args(["-r", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot create output folder"), "{stderr}");
+    assert!(stderr.contains("1 ok, 0 skipped, 1 failed"), "{stderr}");
+    assert_complete_mask(&out.join("free/b.png"));
+}
+
+#[test]
 fn json_reports_every_image_and_a_summary() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

@@ -123,19 +123,26 @@ impl TextEncoder {
     /// mask makes the end token's output independent of anything after it, so this equals
     /// padding to the full context.
     pub fn encode_prompts(&self, prompts: &[String], padding: Padding) -> Result<Tensor> {
+        let ids = prompts
+            .iter()
+            .map(|p| self.token_ids(p))
+            .collect::<Result<Vec<_>>>()?;
+        // Batches of prompts of similar length pad little: encode them shortest first, then put
+        // the embeddings back in the prompts' order.
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        if padding == Padding::Longest {
+            order.sort_by_key(|&prompt| ids[prompt].len());
+        }
         let mut embeddings = Vec::new();
-        for batch in prompts.chunks(PROMPTS_PER_BATCH) {
-            let ids = batch
-                .iter()
-                .map(|p| self.token_ids(p))
-                .collect::<Result<Vec<_>>>()?;
+        for batch in order.chunks(PROMPTS_PER_BATCH) {
             let longest = match padding {
-                Padding::Longest => ids.iter().map(Vec::len).max().unwrap_or(1),
+                Padding::Longest => batch.iter().map(|&p| ids[p].len()).max().unwrap_or(1),
                 Padding::Context => self.context_length,
             };
             let mut padded = vec![0u32; batch.len() * longest];
             let mut end_rows = Vec::with_capacity(batch.len());
-            for (row, prompt_ids) in ids.iter().enumerate() {
+            for (row, &prompt) in batch.iter().enumerate() {
+                let prompt_ids = &ids[prompt];
                 padded[row * longest..row * longest + prompt_ids.len()].copy_from_slice(prompt_ids);
                 end_rows.push((row * longest + prompt_ids.len() - 1) as u32);
             }
@@ -149,7 +156,12 @@ impl TextEncoder {
             let projected = at_end.matmul(&self.projection.t()?)?.to_dtype(DType::F32)?;
             embeddings.push(l2_normalize(&projected)?);
         }
-        Ok(Tensor::cat(&embeddings, 0)?)
+        let mut position_of = vec![0u32; order.len()];
+        for (position, &prompt) in order.iter().enumerate() {
+            position_of[prompt] = position as u32;
+        }
+        let position_of = Tensor::from_vec(position_of, order.len(), &self.device)?;
+        Ok(Tensor::cat(&embeddings, 0)?.index_select(&position_of, 0)?)
     }
 
     /// One query per name: the normalised mean of its normalised prompt embeddings,
