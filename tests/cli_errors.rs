@@ -7,9 +7,9 @@ use std::path::Path;
 
 use common::{fixture_model, fixtures, sclip};
 
-/// Runs `sclip segment` with `args` into a fresh out dir; asserts failure, a one-line message
-/// containing `expected`, no backtrace, and nothing written.
-fn assert_refused(args: &[&str], expected: &str) {
+/// Runs `sclip segment` with `args` (and RUST_BACKTRACE set) into a fresh out dir; returns the
+/// exit code and stderr, after checking that nothing was written and no backtrace printed.
+fn run_into_empty_out(args: &[&str]) -> (Option<i32>, String) {
     let out = tempfile::tempdir().unwrap();
     let output = sclip()
         .env("RUST_BACKTRACE", "1")
@@ -19,8 +19,17 @@ fn assert_refused(args: &[&str], expected: &str) {
         .arg(out.path())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{args:?} should fail");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+    let written: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert!(written.is_empty(), "{args:?} wrote {written:?}");
+    (output.status.code(), stderr)
+}
+
+/// The run fails before any image with one line on stderr containing `expected`.
+fn assert_refused(args: &[&str], expected: &str) {
+    let (code, stderr) = run_into_empty_out(args);
+    assert!(code.is_some_and(|code| code != 0), "{args:?} should fail");
     assert!(
         stderr.contains(expected),
         "{args:?}: expected {expected:?} in {stderr:?}"
@@ -30,9 +39,6 @@ fn assert_refused(args: &[&str], expected: &str) {
         1,
         "one line, got {stderr:?}"
     );
-    assert!(!stderr.contains("backtrace"), "{stderr}");
-    let written: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
-    assert!(written.is_empty(), "{args:?} wrote {written:?}");
 }
 
 fn sample_image() -> String {
@@ -49,17 +55,8 @@ fn model() -> String {
 /// An image that cannot be segmented is one failure of the batch: its error line names it, the
 /// summary counts it, the exit status is 1, and nothing is written.
 fn assert_image_fails(args: &[&str], expected: &str) {
-    let out = tempfile::tempdir().unwrap();
-    let output = sclip()
-        .env("RUST_BACKTRACE", "1")
-        .arg("segment")
-        .args(args)
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+    let (code, stderr) = run_into_empty_out(args);
+    assert_eq!(code, Some(1), "{args:?}: {stderr}");
     let lines: Vec<&str> = stderr.trim_end().lines().collect();
     assert_eq!(lines.len(), 2, "an error and the summary, got {stderr:?}");
     assert!(
@@ -67,8 +64,6 @@ fn assert_image_fails(args: &[&str], expected: &str) {
         "{stderr}"
     );
     assert!(lines[1].contains("0 ok, 0 skipped, 1 failed"), "{stderr}");
-    let written: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
-    assert!(written.is_empty(), "{args:?} wrote {written:?}");
 }
 
 #[test]

@@ -59,7 +59,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -473,9 +473,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--text-runs", type=int, default=1,
                     help="runs of the reference's text queries (each padded + trimmed) "
                          "[default: 1]")
-    ap.add_argument("--text-names", type=int, default=8,
+    ap.add_argument("--text-names", type=int, default=6,
                     help="reference text on this many evenly spaced voc21 names, scaled to "
-                         "all; 0 = every name (minutes at 1 thread) [default: 8]")
+                         "all; 0 = every name (minutes at 1 thread) [default: 6]")
     ap.add_argument("--vision-runs", type=int, default=5,
                     help="timed reference vision forwards per batch size [default: 5]")
     ap.add_argument("--sclip-window-seconds", metavar="B1,B6",
