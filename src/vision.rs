@@ -6,18 +6,46 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::interp::resize_position_grid;
 use crate::load::{tensor, Activation, TowerConfig, VisionConfig};
 use crate::text::l2_normalize;
 
-fn linear(vb: &VarBuilder, in_dim: usize, out_dim: usize, name: &str) -> Result<Linear> {
-    let vb = vb.pp(name);
-    Ok(Linear::new(
-        tensor(&vb, (out_dim, in_dim), "weight")?,
-        Some(tensor(&vb, out_dim, "bias")?),
-    ))
+/// A linear layer run as one GEMM over the tokens of every window in the batch, with its weight
+/// stored transposed (in x out, row-major). candle's `Linear` multiplies a 3-D input window by
+/// window, repacking the weight for each small product.
+struct Dense {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    /// `weight` is out x in, as checkpoints store it.
+    fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+        Ok(Dense {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+
+    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, name: &str) -> Result<Self> {
+        let vb = vb.pp(name);
+        Dense::new(
+            tensor(&vb, (out_dim, in_dim), "weight")?,
+            tensor(&vb, out_dim, "bias")?,
+        )
+    }
+
+    /// `xs`: batch x tokens x in -> batch x tokens x out.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (batch, tokens, width) = xs.dims3()?;
+        let out = xs
+            .reshape((batch * tokens, width))?
+            .matmul(&self.weight_t)?
+            .broadcast_add(&self.bias)?;
+        Ok(out.reshape((batch, tokens, ()))?)
+    }
 }
 
 fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, name: &str) -> Result<LayerNorm> {
@@ -30,16 +58,16 @@ fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, name: &str) -> Result<Layer
 }
 
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     activation: Activation,
 }
 
 impl Mlp {
     fn load(vb: &VarBuilder, config: &TowerConfig) -> Result<Self> {
         Ok(Mlp {
-            fc1: linear(vb, config.hidden_size, config.intermediate_size, "fc1")?,
-            fc2: linear(vb, config.intermediate_size, config.hidden_size, "fc2")?,
+            fc1: Dense::load(vb, config.hidden_size, config.intermediate_size, "fc1")?,
+            fc2: Dense::load(vb, config.intermediate_size, config.hidden_size, "fc2")?,
             activation: config.activation,
         })
     }
@@ -50,7 +78,7 @@ impl Mlp {
             Activation::QuickGelu => (&xs * candle_nn::ops::sigmoid(&(&xs * 1.702)?)?)?,
             Activation::Gelu => xs.gelu_erf()?,
         };
-        Ok(self.fc2.forward(&xs)?)
+        self.fc2.forward(&xs)
     }
 }
 
@@ -58,8 +86,8 @@ impl Mlp {
 /// for all three projections.
 struct EncoderLayer {
     layer_norm1: LayerNorm,
-    qkv: Linear,
-    out_proj: Linear,
+    qkv: Dense,
+    out_proj: Dense,
     layer_norm2: LayerNorm,
     mlp: Mlp,
     num_heads: usize,
@@ -71,7 +99,7 @@ impl EncoderLayer {
         let hidden = config.hidden_size;
         let attn = vb.pp("self_attn");
         let [q, k, v] = ["q_proj", "k_proj", "v_proj"].map(|name| attn.pp(name));
-        let qkv = Linear::new(
+        let qkv = Dense::new(
             Tensor::cat(
                 &[
                     tensor(&q, (hidden, hidden), "weight")?,
@@ -80,19 +108,19 @@ impl EncoderLayer {
                 ],
                 0,
             )?,
-            Some(Tensor::cat(
+            Tensor::cat(
                 &[
                     tensor(&q, hidden, "bias")?,
                     tensor(&k, hidden, "bias")?,
                     tensor(&v, hidden, "bias")?,
                 ],
                 0,
-            )?),
-        );
+            )?,
+        )?;
         Ok(EncoderLayer {
             layer_norm1: layer_norm(vb, hidden, config.layer_norm_eps, "layer_norm1")?,
             qkv,
-            out_proj: linear(&attn, hidden, hidden, "out_proj")?,
+            out_proj: Dense::load(&attn, hidden, hidden, "out_proj")?,
             layer_norm2: layer_norm(vb, hidden, config.layer_norm_eps, "layer_norm2")?,
             mlp: Mlp::load(&vb.pp("mlp"), config)?,
             num_heads: config.num_heads,
