@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::{json, Value};
 
 use super::pipeline::Outcome;
@@ -67,9 +67,15 @@ impl<'a> Reporter<'a> {
             // No colours in the template: nothing to switch off for NO_COLOR or dumb terminals.
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{elapsed_precise} [{wide_bar}] {pos}/{len} images, {per_sec}, ETA {eta}",
+                    "{elapsed_precise} [{wide_bar}] {pos}/{len} images, {rate}, ETA {eta}",
                 )
                 .expect("the template is valid")
+                .with_key(
+                    "rate",
+                    |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                        let _ = write!(out, "{:.2} images/s", state.per_sec());
+                    },
+                )
                 .progress_chars("=> "),
             );
             bar.enable_steady_tick(Duration::from_millis(250));
