@@ -222,16 +222,14 @@ fn text_bench(files: &ModelFiles, config: &ClipConfig, classes: &ClassList) -> R
     };
     let padded = time(Padding::Context)?;
     println!("  padded to 77 tokens (the authors' way): {padded:.2} s (one run)");
-    let mut trimmed = [
-        time(Padding::Longest)?,
-        time(Padding::Longest)?,
-        time(Padding::Longest)?,
-    ];
-    trimmed.sort_by(f64::total_cmp);
+    let trimmed = median(
+        (0..3)
+            .map(|_| time(Padding::Longest))
+            .collect::<Result<Vec<_>>>()?,
+    );
     println!(
-        "  trimmed to the longest prompt (sclip): {:.2} s (median of 3), {:.1}x faster",
-        trimmed[1],
-        padded / trimmed[1]
+        "  trimmed to the longest prompt (sclip): {trimmed:.2} s (median of 3), {:.1}x faster",
+        padded / trimmed
     );
     Ok(())
 }

@@ -558,7 +558,7 @@ impl candle_nn::var_builder::SimpleBackend for SafetensorsReader {
             }
             .bt());
         }
-        self.read(name, stored)?.to_dtype(dtype)?.to_device(device)
+        self.get_unchecked(name, dtype, device)
     }
 
     fn get_unchecked(

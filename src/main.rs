@@ -347,7 +347,8 @@ fn segment(args: SegmentArgs) -> Result<ExitCode, Failure> {
     let (done, to_run): (Vec<_>, Vec<_>) = jobs
         .into_iter()
         .partition(|job| args.skip_existing && job.is_done());
-    if to_run.is_empty() && discovery.problems.is_empty() && done.is_empty() && !args.quiet {
+    let total = done.len() + to_run.len() + discovery.problems.len();
+    if total == 0 && !args.quiet {
         eprintln!("sclip: no images found");
     }
 
@@ -357,7 +358,6 @@ fn segment(args: SegmentArgs) -> Result<ExitCode, Failure> {
         Format::Human
     };
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
-    let total = done.len() + to_run.len() + discovery.problems.len();
     let mut facts = RunFacts::default();
     // `stop` ends the run early (Ctrl-C or --fail-fast); `interrupted` tells which.
     let stop = Arc::new(AtomicBool::new(false));
@@ -423,11 +423,7 @@ fn segment(args: SegmentArgs) -> Result<ExitCode, Failure> {
             overlay_alpha: args.alpha,
             fail_fast: args.fail_fast,
         };
-        let fail_fast = args.fail_fast;
         pipeline::run(segmenter, &to_run, &options, &stop, &mut |job, result| {
-            if result.is_err() && fail_fast {
-                stop.store(true, Ordering::SeqCst);
-            }
             reporter.finished(job, &result);
         })?;
     }

@@ -61,25 +61,32 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
 /// the way OpenCV's EXIF reader does, so that it works for every JPEG libjpeg decodes (the image
 /// crate's own JPEG reader refuses some, e.g. arithmetic-coded ones).
 fn jpeg_exif_orientation(bytes: &[u8]) -> Orientation {
-    const START_OF_SCAN: u8 = 0xDA;
     const APP1: u8 = 0xE1;
+    jpeg_header_segments(bytes)
+        .filter(|&(marker, _)| marker == APP1)
+        .find_map(|(_, payload)| payload.strip_prefix(b"Exif\0\0"))
+        .map_or(Orientation::NoTransforms, |tiff| {
+            Orientation::from_exif_chunk(tiff).unwrap_or(Orientation::NoTransforms)
+        })
+}
+
+/// The (marker, payload) segments of a JPEG before its first scan, ending early where the data
+/// is cut short.
+fn jpeg_header_segments(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    const START_OF_SCAN: u8 = 0xDA;
     let mut position = 2;
-    while let Some(&[0xFF, marker, length_high, length_low]) = bytes.get(position..position + 4) {
+    std::iter::from_fn(move || {
+        let &[0xFF, marker, length_high, length_low] = bytes.get(position..position + 4)? else {
+            return None;
+        };
         if marker == START_OF_SCAN {
-            break;
+            return None;
         }
         let length = usize::from(u16::from_be_bytes([length_high, length_low]));
-        let Some(payload) = bytes.get(position + 4..position + 2 + length) else {
-            break;
-        };
-        if marker == APP1 {
-            if let Some(tiff) = payload.strip_prefix(b"Exif\0\0") {
-                return Orientation::from_exif_chunk(tiff).unwrap_or(Orientation::NoTransforms);
-            }
-        }
+        let payload = bytes.get(position + 4..position + 2 + length)?;
         position += 2 + length;
-    }
-    Orientation::NoTransforms
+        Some((marker, payload))
+    })
 }
 
 /// The default of `--max-pixels`: larger declared sizes are refused before decoding, so that a
@@ -123,24 +130,15 @@ fn declared_size(bytes: &[u8]) -> Option<(u32, u32)> {
 
 /// The size in a JPEG's start-of-frame segment, found by walking the markers before it.
 fn jpeg_declared_size(bytes: &[u8]) -> Option<(u32, u32)> {
-    let mut position = 2;
-    while let Some(&[0xFF, marker, length_high, length_low]) = bytes.get(position..position + 4) {
-        let length = usize::from(u16::from_be_bytes([length_high, length_low]));
-        // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC), which share the range.
-        let is_start_of_frame =
-            (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
-        if is_start_of_frame {
-            let frame = bytes.get(position + 5..position + 9)?;
-            let height = u16::from_be_bytes([frame[0], frame[1]]);
-            let width = u16::from_be_bytes([frame[2], frame[3]]);
-            return Some((u32::from(width), u32::from(height)));
-        }
-        if marker == 0xDA {
-            return None;
-        }
-        position += 2 + length;
-    }
-    None
+    // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC), which share the range.
+    let is_start_of_frame =
+        |marker: u8| (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
+    let (_, frame) = jpeg_header_segments(bytes).find(|&(marker, _)| is_start_of_frame(marker))?;
+    // Sample precision, then height and width.
+    let size = frame.get(1..5)?;
+    let height = u16::from_be_bytes([size[0], size[1]]);
+    let width = u16::from_be_bytes([size[2], size[3]]);
+    Some((u32::from(width), u32::from(height)))
 }
 
 /// Reduces any decoded layout to 8-bit RGB with OpenCV's conventions, which differ from the

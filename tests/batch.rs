@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use assert_cmd::Command;
 use serde_json::Value;
 
-use common::{fixture_model, fixtures, read_label_png, sclip};
+use common::{fixture_model, fixtures, read_label_png, sclip, sclip_process};
 
 /// `sclip segment` with the fixture model and small windows, so that each image takes one or two.
 fn segment() -> Command {
@@ -233,12 +233,7 @@ fn many_photos(dir: &Path, count: usize) -> PathBuf {
 
 /// Starts a run, waits for its first mask, then sends `signal`; returns the exit status.
 fn interrupt_mid_run(photos: &Path, out: &Path, signal: &str) -> std::process::ExitStatus {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sclip"))
-        .env("HF_HUB_OFFLINE", "1")
-        .env(
-            "SCLIP_CACHE_DIR",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("query-cache"),
-        )
+    let mut child = sclip_process()
         .arg("segment")
         .arg(photos)
         .arg("--model")
@@ -523,8 +518,7 @@ fn two_processes_share_an_out_folder_safely() {
     }
     let out = dir.path().join("masks");
     let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sclip"))
-            .env("HF_HUB_OFFLINE", "1")
+        sclip_process()
             .env("SCLIP_CACHE_DIR", dir.path().join("cache"))
             .arg("segment")
             .arg(&photos)

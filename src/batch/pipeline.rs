@@ -47,8 +47,9 @@ pub struct Outcome {
 }
 
 /// Segments `jobs` in order, calling `on_done` for each image as it finishes or fails, in input
-/// order, from another thread. Setting `stop` (Ctrl-C, `--fail-fast`) stops feeding the model:
-/// images already being written are finished, the others are dropped without a trace.
+/// order, from another thread. Setting `stop` (the caller's Ctrl-C handler) stops feeding the
+/// model: images already being written are finished, the others are dropped without a trace.
+/// With `fail_fast` the pipeline sets `stop` itself at the first failure and writes nothing more.
 pub fn run(
     segmenter: &Segmenter,
     jobs: &[Job],
@@ -194,8 +195,8 @@ fn run_model(
                 image.windows_done += count;
             }
         }
-        if !members.is_empty() {
-            forward(segmenter, &mut active, &members);
+        if !members.is_empty() && !forward(segmenter, &mut active, &members) && options.fail_fast {
+            stop.store(true, Ordering::SeqCst);
         }
         while active.front().is_some_and(|front| match &front.state {
             Ok(image) => image.windows_left() == 0,
@@ -244,12 +245,12 @@ fn start_image(segmenter: &Segmenter, image: Tracked<Decoded>) -> Tracked<InProg
 }
 
 /// Runs one pass over the members' windows and adds the logits to their canvases; if the pass
-/// fails, every image with a window in it fails with that error.
+/// fails, every image with a window in it fails with that error. Returns whether it succeeded.
 fn forward(
     segmenter: &Segmenter,
     active: &mut VecDeque<Tracked<InProgress>>,
     members: &[(usize, usize, usize)],
-) {
+) -> bool {
     let logits = {
         let crops: Vec<WindowCrop> = members
             .iter()
@@ -282,12 +283,14 @@ fn forward(
                         .add_window(window, window_logits, logits.grid_h, logits.grid_w);
                 }
             }
+            true
         }
         Err(error) => {
             let message = format!("{error:#}");
             for &(position, _, _) in members {
                 active[position].state = Err(anyhow!("the model failed: {message}"));
             }
+            false
         }
     }
 }
@@ -321,7 +324,11 @@ fn finish_all(
                 present: present_classes(&segmentation),
             })
         });
+        let failed = outcome.is_err();
         on_done(job, outcome);
+        if failed && options.fail_fast {
+            stop.store(true, Ordering::SeqCst);
+        }
     }
 }
 

@@ -112,18 +112,7 @@ impl<'a> Reporter<'a> {
 
     /// A path that could not even become a job: missing, or an unreadable folder.
     pub fn problem(&mut self, path: &Path, problem: &str) {
-        self.counts.failed += 1;
-        let message = format!("{}: {problem}", path.display());
-        if self.format == Format::Json {
-            let line = json!({
-                "type": "image",
-                "path": display(path),
-                "status": "failed",
-                "error": message,
-            });
-            self.print_stdout(&line.to_string());
-        }
-        self.print_stderr(&format!("sclip: error: {message}"));
+        self.failed(path, &format!("{}: {problem}", path.display()));
         self.advance();
     }
 
@@ -163,22 +152,24 @@ impl<'a> Reporter<'a> {
                     Format::Human => {}
                 }
             }
-            Err(error) => {
-                self.counts.failed += 1;
-                let message = one_line(error);
-                if self.format == Format::Json {
-                    let line = json!({
-                        "type": "image",
-                        "path": display(&job.image),
-                        "status": "failed",
-                        "error": message,
-                    });
-                    self.print_stdout(&line.to_string());
-                }
-                self.print_stderr(&format!("sclip: error: {message}"));
-            }
+            Err(error) => self.failed(&job.image, &one_line(error)),
         }
         self.advance();
+    }
+
+    /// Counts a failure and reports it: on stderr always, and as a JSON object with `--json`.
+    fn failed(&mut self, path: &Path, message: &str) {
+        self.counts.failed += 1;
+        if self.format == Format::Json {
+            let line = json!({
+                "type": "image",
+                "path": display(path),
+                "status": "failed",
+                "error": message,
+            });
+            self.print_stdout(&line.to_string());
+        }
+        self.print_stderr(&format!("sclip: error: {message}"));
     }
 
     fn human_line(&self, job: &Job, outcome: &Outcome) -> String {

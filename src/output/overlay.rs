@@ -285,12 +285,6 @@ fn encoding_for(path: &Path) -> Option<Encoding> {
     }
 }
 
-/// Whether [`write_overlay`] accepts `path`'s extension, so the CLI can refuse a bad `--overlay`
-/// path before segmenting anything.
-pub fn overlay_format_supported(path: &Path) -> bool {
-    encoding_for(path).is_some()
-}
-
 /// Writes `overlay` to `path` atomically (see [`write_atomically`]): `.png` as 8-bit RGB PNG,
 /// `.jpg` or `.jpeg` (any case) as JPEG at quality 90. Any other extension is an error that names
 /// the path and the accepted extensions, and writes nothing.
@@ -618,7 +612,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         for name in ["overlay.bmp", "overlay", "overlay.png.txt"] {
             let path = directory.path().join(name);
-            assert!(!overlay_format_supported(&path));
+            assert!(encoding_for(&path).is_none());
             let error = write_overlay(&path, &sample_overlay()).unwrap_err();
             assert_eq!(
                 format!("{error:#}"),
@@ -631,7 +625,7 @@ mod tests {
         }
         assert_eq!(std::fs::read_dir(directory.path()).unwrap().count(), 0);
         for name in ["a.png", "a.PNG", "b.jpg", "b.Jpeg", "dir.d/c.jpeg"] {
-            assert!(overlay_format_supported(Path::new(name)), "{name}");
+            assert!(encoding_for(Path::new(name)).is_some(), "{name}");
         }
     }
 

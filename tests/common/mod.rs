@@ -16,7 +16,12 @@ pub fn fixture_model() -> PathBuf {
 }
 
 pub fn sclip() -> Command {
-    let mut cmd = Command::cargo_bin("sclip").expect("the sclip binary is built");
+    Command::from_std(sclip_process())
+}
+
+/// The sclip binary as a plain process, for tests that start it and signal or wait on it.
+pub fn sclip_process() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sclip"));
     // Tests must never reach a hub, whatever the developer's environment says, nor fill the
     // user's own query cache; tests of the cache point SCLIP_CACHE_DIR elsewhere.
     cmd.env("HF_HUB_OFFLINE", "1")
