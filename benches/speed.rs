@@ -9,7 +9,8 @@
 //! Prints the GEMM peak of this CPU, per-stage times for a 448x336 and a 1000x750 photo, the
 //! vision forward's GFLOP/s, text queries (padded as the authors do, trimmed, cached), folder
 //! throughput of the `sclip` binary (16 images, the 21 VOC classes, cold and warm text cache)
-//! and peak memory.
+//! and peak memory. Name stages to run only those: `cargo bench --bench speed -- vision image`
+//! (stages: gemm, text, load, vision, image, folder).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +36,26 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEFAULT_MODEL_DIR: &str = "models/vit-b16-random";
 const FOLDER_IMAGES: usize = 16;
+const STAGES: [&str; 6] = ["gemm", "text", "load", "vision", "image", "folder"];
+
+/// The stages named on the command line (cargo's own `--bench` flag aside), or all of them.
+fn selected_stages() -> Result<Vec<String>> {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    if let Some(unknown) = named.iter().find(|name| !STAGES.contains(&name.as_str())) {
+        bail!(
+            "no bench stage `{unknown}`; the stages are {}",
+            STAGES.join(", ")
+        );
+    }
+    Ok(if named.is_empty() {
+        STAGES.iter().map(|stage| stage.to_string()).collect()
+    } else {
+        named
+    })
+}
 
 fn main() {
     if let Err(error) = run() {
@@ -44,6 +65,8 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    let stages = selected_stages()?;
+    let runs = |stage: &str| stages.iter().any(|selected| selected == stage);
     let model_dir = std::env::var_os("SCLIP_BENCH_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL_DIR));
@@ -63,13 +86,15 @@ fn run() -> Result<()> {
     let scratch = tempfile::tempdir()?;
     let photos = make_photos(scratch.path())?;
 
-    let probe = GemmProbe::new()?;
-    probe.gflops()?;
-    let rates = (0..7).map(|_| probe.gflops()).collect::<Result<Vec<_>>>()?;
-    println!(
-        "\nGEMM 1176x768 * 768x3072 (f32): {:.1} GFLOP/s (median of 7)",
-        median(rates)
-    );
+    if runs("gemm") {
+        let probe = GemmProbe::new()?;
+        probe.gflops()?;
+        let rates = (0..7).map(|_| probe.gflops()).collect::<Result<Vec<_>>>()?;
+        println!(
+            "\nGEMM 1176x768 * 768x3072 (f32): {:.1} GFLOP/s (median of 7)",
+            median(rates)
+        );
+    }
 
     let files = resolve_model(
         model_dir.to_str().context("model path is not UTF-8")?,
@@ -78,10 +103,17 @@ fn run() -> Result<()> {
     let config = ClipConfig::from_file(&files.config)?;
     let voc21 = presets::find("voc21")?;
     let classes = voc21.classes();
-    text_bench(&files, &config, &classes)?;
+    if runs("text") {
+        text_bench(&files, &config, &classes)?;
+    }
 
-    let cache_dir = scratch.path().join("cache");
-    let cache = QueryCache::new(cache_dir.clone());
+    // The load stage times a cold text cache; without it the other stages reuse queries kept
+    // between bench runs, so that timing the vision forward does not wait for the text tower.
+    let cache = QueryCache::new(if runs("load") {
+        scratch.path().join("cache")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-query-cache")
+    });
     let settings = Settings {
         short_side: 336,
         window: 224,
@@ -94,41 +126,48 @@ fn run() -> Result<()> {
         },
         keep_probs: false,
     };
-    let started = Instant::now();
-    let segmenter = Segmenter::new(
-        &files,
-        &Device::Cpu,
-        DType::F32,
-        classes.clone(),
-        settings.clone(),
-        Some(&cache),
-    )?;
-    println!(
-        "model load + text queries (cold cache): {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
-    let started = Instant::now();
-    let warm = Segmenter::new(
-        &files,
-        &Device::Cpu,
-        DType::F32,
-        classes,
-        settings,
-        Some(&cache),
-    )?;
-    println!(
-        "model load + text queries (warm cache): {:.2} s ({})",
-        started.elapsed().as_secs_f64(),
-        warm.text_stats()
-    );
-    drop(warm);
-
-    vision_bench(&segmenter, &config)?;
-    for (label, path) in &photos {
-        image_bench(&segmenter, label, path, scratch.path())?;
+    if runs("load") || runs("vision") || runs("image") {
+        let started = Instant::now();
+        let segmenter = Segmenter::new(
+            &files,
+            &Device::Cpu,
+            DType::F32,
+            classes.clone(),
+            settings.clone(),
+            Some(&cache),
+        )?;
+        if runs("load") {
+            println!(
+                "model load + text queries (cold cache): {:.2} s",
+                started.elapsed().as_secs_f64()
+            );
+            let started = Instant::now();
+            let warm = Segmenter::new(
+                &files,
+                &Device::Cpu,
+                DType::F32,
+                classes,
+                settings,
+                Some(&cache),
+            )?;
+            println!(
+                "model load + text queries (warm cache): {:.2} s ({})",
+                started.elapsed().as_secs_f64(),
+                warm.text_stats()
+            );
+        }
+        if runs("vision") {
+            vision_bench(&segmenter, &config)?;
+        }
+        if runs("image") {
+            for (label, path) in &photos {
+                image_bench(&segmenter, label, path, scratch.path())?;
+            }
+        }
     }
-    drop(segmenter);
-    folder_bench(&model_dir, &photos[1].1, scratch.path())?;
+    if runs("folder") {
+        folder_bench(&model_dir, &photos[1].1, scratch.path())?;
+    }
     if let Some(peak) = peak_rss_mib() {
         println!("\npeak RSS of this bench process: {peak:.0} MiB");
     }

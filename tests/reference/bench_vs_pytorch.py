@@ -8,10 +8,11 @@ sclip, reference, ...) and every figure is a median.
 
 What it measures, and the targets it reports against:
 
-1. Vision forward per 224x224 window, batch 1 and batch 6 (no target; GFLOP/s at 35.2 GFLOP
-   per window). PyTorch: `VisionTower.features` (all layers, CSA last, post-LN, projection,
-   L2 norm) on a random normalised tensor, in this process. sclip's figure comes from
-   `cargo bench --bench speed`; pass it with `--sclip-window-seconds B1,B6` to get ratios.
+1. Vision forward per 224x224 window, batch 1 and batch 6. Target: sclip at least as fast.
+   PyTorch: `VisionTower.features` (all layers, CSA last, post-LN, projection, L2 norm) on a
+   random normalised tensor, in this process. sclip: the vision stage of its speed bench
+   (`--sclip-bench`, the executable `cargo bench --bench speed --no-run` names), run as a
+   process between the PyTorch rounds so that both see the same clock.
 2. Cold whole process, one photo, classes "dog,boat,water", wall time from spawn to exit:
    `sclip segment PHOTO --classes ... --model MODEL --out TMP --json --quiet` with an empty
    text cache (SCLIP_CACHE_DIR = a fresh empty folder every run) vs
@@ -384,35 +385,56 @@ class Bench:
 
     # ---- 1: vision forward per window ----------------------------------------
 
+    def sclip_windows(self) -> Dict[int, float]:
+        """Seconds per window at batch 1 and 6 from one run of the bench's vision stage."""
+        env = dict(os.environ)
+        env["RAYON_NUM_THREADS"] = str(self.args.threads)
+        env["SCLIP_BENCH_MODEL"] = self.args.model
+        cmd = [os.path.abspath(self.args.sclip_bench), "--bench", "vision"]
+        proc = run_process(cmd, env, self.cpus)
+        figures = {int(batch): float(seconds) for batch, seconds in
+                   re.findall(r"batch (\d+): ([0-9.]+) s per window", proc.stdout)}
+        if set(figures) != {1, 6}:
+            raise BenchError(f"no batch 1 and 6 figures from {shlex.join(cmd)}:\n{proc.stdout}")
+        return figures
+
     def vision(self, torch, ref) -> None:
         a = self.args
-        print(f"\n[1] vision forward per 224x224 window: reference.vision.features(x) on random "
-              f"Bx3x224x224, median of {a.vision_runs} after one warm-up", flush=True)
-        sclip_fig: Dict[int, float] = {}
-        if a.sclip_window_seconds:
-            b1, b6 = (float(v) for v in a.sclip_window_seconds.split(","))
-            sclip_fig = {1: b1, 6: b6}
-            print(f"  sclip (given, from cargo bench --bench speed): batch 1 {b1:.3f} s, "
-                  f"batch 6 {b6:.3f} s per window", flush=True)
+        print(f"\n[1] vision forward per 224x224 window, {a.vision_rounds} interleaved rounds: "
+              f"reference.vision.features(x) on random Bx3x224x224, median of {a.vision_runs} "
+              f"after one warm-up per round", flush=True)
+        sclip_rounds: Dict[int, List[float]] = {1: [], 6: []}
+        reference_rounds: Dict[int, List[float]] = {1: [], 6: []}
+        if a.sclip_bench:
+            self.show("sclip", [a.sclip_bench, "--bench", "vision"],
+                      f"RAYON_NUM_THREADS={a.threads} SCLIP_BENCH_MODEL={a.model}")
         gen = torch.Generator().manual_seed(0)
-        for batch in (1, 6):
-            x = torch.randn(batch, 3, 224, 224, generator=gen)
-            per_window = []
-            with torch.no_grad():
-                ref.vision.features(x, csa=True)
-                for _ in range(a.vision_runs):
-                    t0 = time.perf_counter()
+        inputs = {batch: torch.randn(batch, 3, 224, 224, generator=gen) for batch in (1, 6)}
+        for r in range(a.vision_rounds):
+            if a.sclip_bench:
+                for batch, seconds in self.sclip_windows().items():
+                    sclip_rounds[batch].append(seconds)
+                print(f"  round {r + 1} sclip:     batch 1 {sclip_rounds[1][-1]:.3f} s, "
+                      f"batch 6 {sclip_rounds[6][-1]:.3f} s per window", flush=True)
+            for batch, x in inputs.items():
+                per_window = []
+                with torch.no_grad():
                     ref.vision.features(x, csa=True)
-                    per_window.append((time.perf_counter() - t0) / batch)
-            m = median(per_window)
-            print(f"  batch {batch}: {fmt_runs(per_window)} per window -> median {m:.3f} s, "
-                  f"{WINDOW_GFLOP / m:.1f} GFLOP/s", flush=True)
-            s = sclip_fig.get(batch)
+                    for _ in range(a.vision_runs):
+                        t0 = time.perf_counter()
+                        ref.vision.features(x, csa=True)
+                        per_window.append((time.perf_counter() - t0) / batch)
+                reference_rounds[batch].append(median(per_window))
+            print(f"  round {r + 1} reference: batch 1 {reference_rounds[1][-1]:.3f} s, "
+                  f"batch 6 {reference_rounds[6][-1]:.3f} s per window", flush=True)
+        for batch in (1, 6):
+            m = median(reference_rounds[batch])
+            s = median(sclip_rounds[batch]) if sclip_rounds[batch] else None
             self.rows.append(Row(
-                f"vision forward / window, batch {batch}", s, m, "s",
+                f"vision forward / window, batch {batch}", s, m, "s", target=1.0,
                 sclip_extra=f"{WINDOW_GFLOP / s:.1f} GFLOP/s" if s else "",
                 reference_extra=f"{WINDOW_GFLOP / m:.1f} GFLOP/s",
-                note="" if s else "sclip: pass --sclip-window-seconds B1,B6"))
+                note="" if s else "sclip: pass --sclip-bench EXE"))
 
     # ---- table -------------------------------------------------------------
 
@@ -478,24 +500,29 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                          "all; 0 = every name (minutes at 1 thread) [default: 6]")
     ap.add_argument("--vision-runs", type=int, default=5,
                     help="timed reference vision forwards per batch size [default: 5]")
-    ap.add_argument("--sclip-window-seconds", metavar="B1,B6",
-                    help="sclip's seconds per window at batch 1 and 6, from "
-                         "`cargo bench --bench speed` at the same thread count")
+    ap.add_argument("--sclip-bench", metavar="EXE",
+                    help="sclip's speed bench executable (`cargo bench --bench speed --no-run` "
+                         "prints it); its vision stage runs interleaved with the reference's")
+    ap.add_argument("--vision-rounds", type=int, default=3,
+                    help="interleaved rounds of the vision forward comparison [default: 3]")
     ap.add_argument("--pin", action="store_true",
                     help="restrict both programs (and this process) to --threads CPUs")
+    ap.add_argument("--parts", default="processes,text,vision",
+                    help="comma-separated parts to run: processes (2, 3, 5), text (4), "
+                         "vision (1) [default: all]")
     ap.add_argument("--reference-only", action="store_true",
                     help="measure only the PyTorch side (no sclip binary needed)")
     a = ap.parse_args(argv)
-    if min(a.threads, a.runs, a.folder_images, a.text_runs, a.vision_runs) < 1 or a.text_names < 0:
+    counts = (a.threads, a.runs, a.folder_images, a.text_runs, a.vision_runs, a.vision_rounds)
+    if min(counts) < 1 or a.text_names < 0:
         ap.error("counts must be positive (--text-names may be 0)")
-    if a.sclip_window_seconds:
-        parts = a.sclip_window_seconds.split(",")
-        try:
-            ok = len(parts) == 2 and all(float(p) > 0 for p in parts)
-        except ValueError:
-            ok = False
-        if not ok:
-            ap.error("--sclip-window-seconds takes two positive numbers: B1,B6")
+    a.parts = {part.strip() for part in a.parts.split(",") if part.strip()}
+    unknown = a.parts - {"processes", "text", "vision"}
+    if unknown or not a.parts:
+        ap.error(f"--parts: choose from processes, text, vision (got {', '.join(sorted(unknown))})")
+    if a.sclip_bench and not os.access(a.sclip_bench, os.X_OK):
+        ap.error(f"--sclip-bench: {a.sclip_bench} is not an executable "
+                 "(cargo bench --bench speed --no-run prints its path)")
     for path, what in ((a.image, "--image"), (os.path.join(a.model, "config.json"), "--model")):
         if not os.path.isfile(path):
             ap.error(f"{what}: no such file {path}")
@@ -526,10 +553,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tmp = tempfile.mkdtemp(prefix="sclip-bench-")
     bench = Bench(a, tmp, cpus)
     try:
-        bench.processes()
-        torch, ref = bench.load_reference()
-        bench.text(torch, ref)
-        bench.vision(torch, ref)
+        if "processes" in a.parts:
+            bench.processes()
+        if a.parts & {"text", "vision"}:
+            torch, ref = bench.load_reference()
+            if "text" in a.parts:
+                bench.text(torch, ref)
+            if "vision" in a.parts:
+                bench.vision(torch, ref)
     except BenchError as e:
         print(f"\nbench error: {e}", file=sys.stderr)
         return 1

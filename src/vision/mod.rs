@@ -12,6 +12,8 @@ use crate::interp::resize_position_grid;
 use crate::load::{tensor, Activation, TowerConfig, VisionConfig};
 use crate::text::l2_normalize;
 
+mod cpu_kernels;
+
 /// A linear layer run as one GEMM over the tokens of every window in the batch, with its weight
 /// stored transposed (in x out, row-major). candle's `Linear` multiplies a 3-D input window by
 /// window, repacking the weight for each small product.
@@ -39,12 +41,41 @@ impl Dense {
 
     /// `xs`: batch x tokens x in -> batch x tokens x out.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_onto(xs, None)
+    }
+
+    /// `residual + xs W^T + b` (or without the residual). On the CPU the GEMM accumulates onto
+    /// the bias and residual directly.
+    fn forward_onto(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let (batch, tokens, width) = xs.dims3()?;
-        let out = xs
-            .reshape((batch * tokens, width))?
-            .matmul(&self.weight_t)?
-            .broadcast_add(&self.bias)?;
-        Ok(out.reshape((batch, tokens, ()))?)
+        let rows = batch * tokens;
+        let out_dim = self.bias.dim(0)?;
+        let xs = xs.reshape((rows, width))?;
+        let out = if cpu_kernels::applies(&xs) {
+            let onto = match residual {
+                Some(residual) => residual
+                    .reshape((rows, out_dim))?
+                    .broadcast_add(&self.bias)?,
+                None => self.bias.broadcast_as((rows, out_dim))?.contiguous()?,
+            };
+            cpu_kernels::accumulate_product(onto, &xs, &self.weight_t)?
+        } else {
+            let out = xs.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
+            match residual {
+                Some(residual) => (out + residual.reshape((rows, out_dim))?)?,
+                None => out,
+            }
+        };
+        Ok(out.reshape((batch, tokens, out_dim))?)
+    }
+
+    /// QuickGELU(x W^T + b), in place on the CPU.
+    fn forward_quick_gelu(&self, xs: &Tensor) -> Result<Tensor> {
+        let out = self.forward(xs)?;
+        if cpu_kernels::applies(&out) {
+            return Ok(cpu_kernels::quick_gelu(out)?);
+        }
+        Ok((&out * candle_nn::ops::sigmoid(&(&out * 1.702)?)?)?)
     }
 }
 
@@ -72,13 +103,13 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = self.fc1.forward(xs)?;
-        let xs = match self.activation {
-            Activation::QuickGelu => (&xs * candle_nn::ops::sigmoid(&(&xs * 1.702)?)?)?,
-            Activation::Gelu => xs.gelu_erf()?,
+    /// `residual + mlp(xs)`.
+    fn forward_onto(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let hidden = match self.activation {
+            Activation::QuickGelu => self.fc1.forward_quick_gelu(xs)?,
+            Activation::Gelu => self.fc1.forward(xs)?.gelu_erf()?,
         };
-        self.fc2.forward(&xs)
+        self.fc2.forward_onto(&hidden, Some(residual))
     }
 }
 
@@ -128,58 +159,60 @@ impl EncoderLayer {
         })
     }
 
-    /// q, k, v of `ln1(xs)` as (batch * heads) x tokens x head_dim each.
-    fn heads_qkv(&self, xs: &Tensor) -> Result<[Tensor; 3]> {
-        let (batch, tokens, _) = xs.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(&self.layer_norm1.forward(xs)?)?
+    /// The attention of `ln1(xs)`, heads merged: batch x tokens x hidden.
+    fn attend(&self, xs: &Tensor, kind: Attention) -> Result<Tensor> {
+        let qkv = self.qkv.forward(&self.layer_norm1.forward(xs)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if cpu_kernels::applies(&qkv) {
+            return Ok(cpu_kernels::attention(
+                &qkv,
+                self.num_heads,
+                scale as f32,
+                kind,
+            )?);
+        }
+        let (batch, tokens, _) = qkv.dims3()?;
+        let qkv = qkv
             .reshape((batch, tokens, 3, self.num_heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
         let per_head = (batch * self.num_heads, tokens, self.head_dim);
-        let split = |i: usize| qkv.get(i)?.reshape(per_head);
-        Ok([split(0)?, split(1)?, split(2)?])
-    }
-
-    fn merge_heads(&self, xs: &Tensor, batch: usize) -> Result<Tensor> {
-        let (_, tokens, _) = xs.dims3()?;
-        Ok(xs
+        let [q, k, v] = [0, 1, 2].map(|part| qkv.get(part).and_then(|t| t.reshape(per_head)));
+        let (q, k, v) = (q?, k?, v?);
+        let softmax_of = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
+            Ok(candle_nn::ops::softmax_last_dim(
+                &(a.matmul(&b.t()?)? * scale)?,
+            )?)
+        };
+        let weights = match kind {
+            Attention::Standard => softmax_of(&q, &k)?,
+            Attention::Correlative => (softmax_of(&q, &q)? + softmax_of(&k, &k)?)?,
+        };
+        Ok(weights
+            .matmul(&v)?
             .reshape((batch, self.num_heads, tokens, self.head_dim))?
             .transpose(1, 2)?
             .reshape((batch, tokens, self.num_heads * self.head_dim))?)
     }
 
-    fn scale(&self) -> f64 {
-        1.0 / (self.head_dim as f64).sqrt()
+    /// The pre-LN block with the given attention; residuals and MLP as in CLIP.
+    fn forward(&self, xs: &Tensor, kind: Attention) -> Result<Tensor> {
+        let xs = self
+            .out_proj
+            .forward_onto(&self.attend(xs, kind)?, Some(xs))?;
+        self.mlp.forward_onto(&self.layer_norm2.forward(&xs)?, &xs)
     }
+}
 
-    fn finish(&self, residual: &Tensor, attended: &Tensor) -> Result<Tensor> {
-        let xs = (residual + self.out_proj.forward(attended)?)?;
-        Ok((&xs + self.mlp.forward(&self.layer_norm2.forward(&xs)?)?)?)
-    }
-
-    /// The standard block: softmax(q k^T / sqrt(d)) v.
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let batch = xs.dim(0)?;
-        let [q, k, v] = self.heads_qkv(xs)?;
-        let scores = (q.matmul(&k.t()?)? * self.scale())?;
-        let attended = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
-        self.finish(xs, &self.merge_heads(&attended, batch)?)
-    }
-
-    /// SCLIP's Correlative Self-Attention: (softmax(q q^T / sqrt(d)) + softmax(k k^T / sqrt(d))) v,
-    /// the two softmaxes summed without renormalising; residual and MLP kept.
-    fn forward_csa(&self, xs: &Tensor) -> Result<Tensor> {
-        let batch = xs.dim(0)?;
-        let [q, k, v] = self.heads_qkv(xs)?;
-        let self_correlation =
-            |t: &Tensor| -> Result<Tensor> { Ok((t.matmul(&t.t()?)? * self.scale())?) };
-        let attention = (candle_nn::ops::softmax_last_dim(&self_correlation(&q)?)?
-            + candle_nn::ops::softmax_last_dim(&self_correlation(&k)?)?)?;
-        let attended = attention.matmul(&v)?;
-        self.finish(xs, &self.merge_heads(&attended, batch)?)
-    }
+/// Which attention map a block uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attention {
+    /// CLIP's own: softmax(q k^T / sqrt(d)) v.
+    Standard,
+    /// SCLIP's Correlative Self-Attention, in the last block:
+    /// (softmax(q q^T / sqrt(d)) + softmax(k k^T / sqrt(d))) v, the two softmaxes summed without
+    /// renormalising.
+    Correlative,
 }
 
 /// The vision tower of a CLIP checkpoint, run SCLIP's way.
@@ -312,9 +345,9 @@ impl VisionTower {
         let mut xs = self.pre_layernorm.forward(&xs)?;
         let (last, standard) = self.layers.split_last().expect("config has >= 1 layer");
         for layer in standard {
-            xs = layer.forward(&xs)?;
+            xs = layer.forward(&xs, Attention::Standard)?;
         }
-        let xs = last.forward_csa(&xs)?;
+        let xs = last.forward(&xs, Attention::Correlative)?;
         let xs = self.post_layernorm.forward(&xs)?;
         let patches = grid_h * grid_w;
         let projected = xs
@@ -324,5 +357,55 @@ impl VisionTower {
             .matmul(&self.projection.t()?)?
             .reshape((batch, patches, ()))?;
         l2_normalize(&projected).context("cannot normalise patch features")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::load::{open_weights, resolve_model, ClipConfig};
+
+    fn fixture_tower(dtype: DType) -> VisionTower {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model");
+        let files = resolve_model(dir.to_str().unwrap(), "main").unwrap();
+        let config = ClipConfig::from_file(&files.config).unwrap();
+        let weights = open_weights(&files.weights, dtype, &Device::Cpu).unwrap();
+        VisionTower::load(&weights, &config.vision, config.projection_dim).unwrap()
+    }
+
+    /// f16 runs candle's own ops (the path CUDA takes), f32 the CPU kernels: the two must
+    /// compute the same features, for the trained window size and another one, up to f16's
+    /// rounding (a head or token mixed up would move features by tenths).
+    #[test]
+    fn cpu_kernels_agree_with_candles_ops() {
+        let (fast, generic) = (fixture_tower(DType::F32), fixture_tower(DType::F16));
+        for (height, width) in [(224, 224), (160, 96)] {
+            let count = 3 * 3 * height * width;
+            let pixels = Tensor::arange(0u32, count as u32, &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| (t * 0.37)?.sin())
+                .and_then(|t| t.reshape((3, 3, height, width)))
+                .unwrap();
+            let fast = fast.patch_features(&pixels).unwrap();
+            let generic = generic
+                .patch_features(&pixels)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            assert_eq!(fast.dims(), generic.dims());
+            let worst = (fast - generic)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(worst < 1e-2, "{height}x{width}: max |diff| {worst:e}");
+        }
     }
 }

@@ -1,0 +1,604 @@
+//! The CPU f32 forward's own kernels, for the passes where candle's generic ops cost most
+//! beside the GEMMs at one thread (about a third of a ViT-B/16 block):
+//!
+//! - linear layers write their GEMM straight onto the bias, or the residual plus the bias,
+//!   instead of a zeroed buffer followed by one or two broadcast adds;
+//! - attention runs per (window, head) on q, k and v read in place from the qkv projection with
+//!   strided GEMMs, its scores small enough to stay in cache, and writes each head's output into
+//!   its columns of the merged result: no head split or merge copies, no batch-sized score
+//!   tensors;
+//! - softmax and QuickGELU are single passes with an `exp` the compiler vectorises (candle's
+//!   are chains of ops with a scalar `exp`), compiled for AVX-512 and AVX2 and picked at run
+//!   time.
+//!
+//! CUDA and the other dtypes keep candle's ops; `applies` says which path a tensor takes.
+
+use candle_core::{
+    CpuStorage, CustomOp1, DType, Device, InplaceOp1, InplaceOp3, Layout, Shape, Tensor,
+};
+use gemm::Parallelism;
+use multiversion::multiversion;
+use rayon::prelude::*;
+
+use super::Attention;
+
+/// Whether `xs` can take these kernels: f32 and on the CPU.
+pub fn applies(xs: &Tensor) -> bool {
+    matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32
+}
+
+/// `onto + xs * weight_t`: `onto` is rows x out (the bias broadcast, or residual + bias), `xs`
+/// rows x in, `weight_t` in x out. `onto` must be a fresh tensor that nothing else shares: the
+/// product is accumulated into its storage.
+pub fn accumulate_product(
+    onto: Tensor,
+    xs: &Tensor,
+    weight_t: &Tensor,
+) -> candle_core::Result<Tensor> {
+    onto.inplace_op3(xs, weight_t, &AccumulateProduct)?;
+    Ok(onto)
+}
+
+/// QuickGELU, v * sigmoid(1.702 v), in place on a fresh tensor that nothing else shares.
+pub fn quick_gelu(xs: Tensor) -> candle_core::Result<Tensor> {
+    xs.inplace_op1(&QuickGelu)?;
+    Ok(xs)
+}
+
+/// Multi-head attention on the output of a fused q|k|v projection, `qkv`: batch x tokens x
+/// 3*heads*head_dim. Returns batch x tokens x heads*head_dim, heads side by side, ready for the
+/// output projection.
+pub fn attention(
+    qkv: &Tensor,
+    heads: usize,
+    scale: f32,
+    kind: Attention,
+) -> candle_core::Result<Tensor> {
+    qkv.apply_op1_no_bwd(&MultiHeadAttention { heads, scale, kind })
+}
+
+fn parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        threads => Parallelism::Rayon(threads),
+    }
+}
+
+struct AccumulateProduct;
+
+impl InplaceOp3 for AccumulateProduct {
+    fn name(&self) -> &'static str {
+        "accumulate-product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        onto: &mut CpuStorage,
+        onto_layout: &Layout,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        weight_t: &CpuStorage,
+        weight_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let (rows, inner) = xs_layout.shape().dims2()?;
+        let (weight_inner, out) = weight_layout.shape().dims2()?;
+        if weight_inner != inner || onto_layout.shape().dims() != [rows, out] {
+            candle_core::bail!(
+                "{}: {:?} += {:?} x {:?} does not fit",
+                self.name(),
+                onto_layout.dims(),
+                xs_layout.dims(),
+                weight_layout.dims()
+            );
+        }
+        let xs = contiguous_f32(xs, xs_layout, self.name())?;
+        let weight_t = contiguous_f32(weight_t, weight_layout, self.name())?;
+        let onto = contiguous_f32_mut(onto, onto_layout, self.name())?;
+        // SAFETY: the three slices hold exactly rows x out, rows x inner and inner x out
+        // row-major elements (checked above), and `onto` is borrowed mutably, apart from the others.
+        unsafe {
+            gemm::gemm(
+                rows,
+                out,
+                inner,
+                onto.as_mut_ptr(),
+                1,
+                out as isize,
+                true,
+                xs.as_ptr(),
+                1,
+                inner as isize,
+                weight_t.as_ptr(),
+                1,
+                out as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+        Ok(())
+    }
+}
+
+struct QuickGelu;
+
+impl InplaceOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let data = contiguous_f32_mut(storage, layout, self.name())?;
+        data.par_chunks_mut(MIN_ELEMENTS_PER_TASK)
+            .for_each(quick_gelu_in_place);
+        Ok(())
+    }
+}
+
+/// Enough work per rayon task that splitting never costs more than it saves.
+const MIN_ELEMENTS_PER_TASK: usize = 1 << 15;
+
+struct MultiHeadAttention {
+    heads: usize,
+    scale: f32,
+    kind: Attention,
+}
+
+/// The output buffer, shared by the per-head tasks, each of which writes only its own
+/// head's columns.
+struct SharedOutput(*mut f32);
+
+// SAFETY: tasks write disjoint elements (one head's columns of one window each).
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// # Safety
+    /// `offset` must lie inside the buffer.
+    unsafe fn at(&self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+impl CustomOp1 for MultiHeadAttention {
+    fn name(&self) -> &'static str {
+        "multi-head-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, tokens, qkv_width) = layout.shape().dims3()?;
+        if self.heads == 0 || qkv_width % (3 * self.heads) != 0 {
+            candle_core::bail!(
+                "{}: a q|k|v width of {qkv_width} does not split into 3 x {} heads",
+                self.name(),
+                self.heads
+            );
+        }
+        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let width = qkv_width / 3;
+        let head_dim = width / self.heads;
+        let mut output = vec![0.0f32; batch * tokens * width];
+        let shared = SharedOutput(output.as_mut_ptr());
+        let maps = match self.kind {
+            Attention::Standard => 1,
+            Attention::Correlative => 2,
+        };
+        (0..batch * self.heads).into_par_iter().for_each_init(
+            || vec![0.0f32; maps * tokens * tokens],
+            |scores, task| {
+                let (window, head) = (task / self.heads, task % self.heads);
+                let rows = &qkv[window * tokens * qkv_width..][..tokens * qkv_width];
+                let column = head * head_dim;
+                let [q, k, v] = [0, width, 2 * width].map(|part| rows[part + column..].as_ptr());
+                let (first, second) = scores.split_at_mut(tokens * tokens);
+                // SAFETY: q, k and v point at `tokens` rows of `head_dim` values, `qkv_width`
+                // apart, all inside `rows`; score maps are tokens x tokens; this task's output
+                // block is its window's rows, its head's columns, which no other task writes.
+                unsafe {
+                    match self.kind {
+                        Attention::Standard => {
+                            gram_product(first, q, k, tokens, head_dim, qkv_width);
+                            softmax_rows(first, tokens, self.scale);
+                        }
+                        Attention::Correlative => {
+                            gram_product(first, q, q, tokens, head_dim, qkv_width);
+                            softmax_rows(first, tokens, self.scale);
+                            gram_product(second, k, k, tokens, head_dim, qkv_width);
+                            softmax_rows(second, tokens, self.scale);
+                            add_in_place(first, second);
+                        }
+                    }
+                    let out = shared.at(window * tokens * width + column);
+                    gemm::gemm(
+                        tokens,
+                        head_dim,
+                        tokens,
+                        out,
+                        1,
+                        width as isize,
+                        false,
+                        first.as_ptr(),
+                        1,
+                        tokens as isize,
+                        v,
+                        1,
+                        qkv_width as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(output), Shape::from((batch, tokens, width))))
+    }
+}
+
+/// `scores = a b^T` for `tokens` rows of `head_dim` values, `row_stride` apart.
+///
+/// # Safety
+/// `a` and `b` must each point at `tokens` such rows; `scores` holds tokens x tokens.
+unsafe fn gram_product(
+    scores: &mut [f32],
+    a: *const f32,
+    b: *const f32,
+    tokens: usize,
+    head_dim: usize,
+    row_stride: usize,
+) {
+    debug_assert_eq!(scores.len(), tokens * tokens);
+    gemm::gemm(
+        tokens,
+        tokens,
+        head_dim,
+        scores.as_mut_ptr(),
+        1,
+        tokens as isize,
+        false,
+        a,
+        1,
+        row_stride as isize,
+        b,
+        row_stride as isize,
+        1,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+fn contiguous_f32_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
+        _ => candle_core::bail!("{op}: needs a contiguous f32 tensor"),
+    }
+}
+
+fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        _ => candle_core::bail!("{op}: needs a contiguous f32 tensor"),
+    }
+}
+
+/// Lanes of the partial maxima and sums: one AVX-512 register, two AVX2 ones.
+const LANES: usize = 16;
+
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn softmax_rows(data: &mut [f32], row_len: usize, scale: f32) {
+    for row in data.chunks_exact_mut(row_len) {
+        let mut lane_max = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for (max, &x) in lane_max.iter_mut().zip(chunk) {
+                *max = max.max(x);
+            }
+        }
+        let max = chunks
+            .remainder()
+            .iter()
+            .chain(&lane_max)
+            .fold(f32::NEG_INFINITY, |max, &x| max.max(x));
+        // scale > 0, so the largest scaled score is scale * max.
+        let shift = scale * max;
+
+        let mut lane_sum = [0.0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for (sum, x) in lane_sum.iter_mut().zip(chunk) {
+                *x = exp(scale * *x - shift);
+                *sum += *x;
+            }
+        }
+        let mut sum = 0.0f32;
+        for x in chunks.into_remainder() {
+            *x = exp(scale * *x - shift);
+            sum += *x;
+        }
+        let inverse = 1.0 / (sum + lane_sum.iter().sum::<f32>());
+        for x in row.iter_mut() {
+            *x *= inverse;
+        }
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn quick_gelu_in_place(data: &mut [f32]) {
+    for x in data {
+        *x /= 1.0 + exp(-1.702 * *x);
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn add_in_place(sum: &mut [f32], addend: &[f32]) {
+    for (s, &a) in sum.iter_mut().zip(addend) {
+        *s += a;
+    }
+}
+
+/// e^x to within 2 ulp (Cephes' expf: Cody-Waite reduction by ln 2 and a degree-5 polynomial),
+/// branch-free so that loops over it vectorise. Inputs are clamped to where e^x is a normal
+/// f32, which softmax (x <= 0 after the shift) and sigmoid never notice.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n * LN2_HIGH is exact.
+    const LN2_HIGH: f32 = 0.693_359_4;
+    const LN2_LOW: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding it rounds to an integer kept in the low mantissa bits.
+    const ROUNDER: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2_E + ROUNDER;
+    let n = shifted - ROUNDER;
+    let r = x - n * LN2_HIGH - n * LN2_LOW;
+    let poly = 1.987_569_1e-4_f32;
+    let poly = poly * r + 1.398_2e-3;
+    let poly = poly * r + 8.333_452e-3;
+    let poly = poly * r + 4.166_579_6e-2;
+    let poly = poly * r + 1.666_666_5e-1;
+    let poly = poly * r + 0.5;
+    let e_r = poly * r * r + r + 1.0;
+    // n sits in the low bits of `shifted`; move it into the exponent field.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUNDER.to_bits());
+    let two_to_n = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    e_r * two_to_n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relative_error(got: f32, want: f64) -> f64 {
+        ((got as f64 - want) / want).abs()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_over_the_range_used() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            worst = worst.max(relative_error(exp(x), (x as f64).exp()));
+            x += 0.001_7;
+        }
+        assert!(
+            worst < 2.5 * f32::EPSILON as f64,
+            "worst relative error {worst:e}"
+        );
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_saturates_instead_of_overflowing() {
+        assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 1e-37);
+        assert!(exp(1000.0).is_finite() && exp(1000.0) > 1e38);
+    }
+
+    fn pseudo_random(n: usize, spread: f32) -> Vec<f32> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * spread
+            })
+            .collect()
+    }
+
+    fn softmax_f64(row: &[f64]) -> Vec<f64> {
+        let max = row.iter().copied().fold(f64::MIN, f64::max);
+        let exps: Vec<f64> = row.iter().map(|&x| (x - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        exps.iter().map(|e| e / sum).collect()
+    }
+
+    #[test]
+    fn softmax_matches_f64_on_rows_longer_and_shorter_than_a_lane_block() {
+        for row_len in [1, 5, 16, 197, 1000] {
+            let rows = 7;
+            let input = pseudo_random(rows * row_len, 30.0);
+            let mut out = input.clone();
+            softmax_rows(&mut out, row_len, 0.125);
+            for (got, row) in out.chunks(row_len).zip(input.chunks(row_len)) {
+                let scaled: Vec<f64> = row.iter().map(|&x| 0.125 * x as f64).collect();
+                for (&g, &w) in got.iter().zip(&softmax_f64(&scaled)) {
+                    assert!((g as f64 - w).abs() <= 1e-6 * w.max(1e-3), "{g} vs {w}");
+                }
+                let total: f32 = got.iter().sum();
+                assert!((total - 1.0).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_of_a_uniform_row_is_uniform_and_big_scores_do_not_overflow() {
+        let mut rows = vec![1e30f32, 1e30, 1e30, 1e30, 3.0, 3.0, 3.0, 3.0];
+        softmax_rows(&mut rows, 4, 1.0);
+        assert_eq!(rows, vec![0.25f32; 8]);
+    }
+
+    #[test]
+    fn quick_gelu_matches_the_formula() {
+        let input = pseudo_random(3 * MIN_ELEMENTS_PER_TASK + 37, 12.0);
+        let xs = Tensor::from_vec(input.clone(), input.len(), &Device::Cpu).unwrap();
+        let out = quick_gelu(xs).unwrap().to_vec1::<f32>().unwrap();
+        for (&got, &x) in out.iter().zip(&input) {
+            let v = x as f64;
+            let want = v / (1.0 + (-1.702 * v).exp());
+            assert!(
+                (got as f64 - want).abs() <= 1e-6 * want.abs().max(1e-2),
+                "{got} vs {want}"
+            );
+        }
+    }
+
+    fn tensor(values: Vec<f32>, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn accumulate_product_adds_the_product_onto_what_is_there() {
+        let (rows, inner, out) = (9, 13, 5);
+        let onto = pseudo_random(rows * out, 1.0);
+        let xs = pseudo_random(rows * inner, 2.0);
+        let weight = pseudo_random(inner * out, 0.5);
+        let got = accumulate_product(
+            tensor(onto.clone(), &[rows, out]),
+            &tensor(xs.clone(), &[rows, inner]),
+            &tensor(weight.clone(), &[inner, out]),
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+        for r in 0..rows {
+            for c in 0..out {
+                let want = onto[r * out + c] as f64
+                    + (0..inner)
+                        .map(|i| xs[r * inner + i] as f64 * weight[i * out + c] as f64)
+                        .sum::<f64>();
+                assert!((got[r * out + c] as f64 - want).abs() < 1e-5, "{r},{c}");
+            }
+        }
+    }
+
+    #[test]
+    fn accumulate_product_refuses_shapes_that_do_not_fit() {
+        let result = accumulate_product(
+            tensor(vec![0.0; 6], &[2, 3]),
+            &tensor(vec![0.0; 8], &[2, 4]),
+            &tensor(vec![0.0; 15], &[5, 3]),
+        );
+        assert!(result.is_err());
+    }
+
+    /// Attention the slow way, in f64, from the q|k|v layout.
+    fn attention_f64(
+        qkv: &[f32],
+        (batch, tokens, heads, head_dim): (usize, usize, usize, usize),
+        scale: f64,
+        kind: Attention,
+    ) -> Vec<f64> {
+        let width = heads * head_dim;
+        let at = |b: usize, t: usize, part: usize, h: usize, d: usize| {
+            qkv[(b * tokens + t) * 3 * width + part * width + h * head_dim + d] as f64
+        };
+        let mut out = vec![0.0; batch * tokens * width];
+        for b in 0..batch {
+            for h in 0..heads {
+                let map = |x: usize, y: usize| -> Vec<Vec<f64>> {
+                    (0..tokens)
+                        .map(|i| {
+                            let scores: Vec<f64> = (0..tokens)
+                                .map(|j| {
+                                    scale
+                                        * (0..head_dim)
+                                            .map(|d| at(b, i, x, h, d) * at(b, j, y, h, d))
+                                            .sum::<f64>()
+                                })
+                                .collect();
+                            softmax_f64(&scores)
+                        })
+                        .collect()
+                };
+                let weights = match kind {
+                    Attention::Standard => map(0, 1),
+                    Attention::Correlative => {
+                        let (qq, kk) = (map(0, 0), map(1, 1));
+                        qq.iter()
+                            .zip(&kk)
+                            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x + y).collect())
+                            .collect()
+                    }
+                };
+                for i in 0..tokens {
+                    for d in 0..head_dim {
+                        out[(b * tokens + i) * width + h * head_dim + d] =
+                            (0..tokens).map(|j| weights[i][j] * at(b, j, 2, h, d)).sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_the_definition_for_both_kinds() {
+        let dims @ (batch, tokens, heads, head_dim) = (3, 11, 4, 8);
+        let qkv = pseudo_random(batch * tokens * 3 * heads * head_dim, 1.5);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        for kind in [Attention::Standard, Attention::Correlative] {
+            let got = attention(
+                &tensor(qkv.clone(), &[batch, tokens, 3 * heads * head_dim]),
+                heads,
+                scale,
+                kind,
+            )
+            .unwrap();
+            assert_eq!(got.dims(), [batch, tokens, heads * head_dim]);
+            let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want = attention_f64(&qkv, dims, scale as f64, kind);
+            for (&g, &w) in got.iter().zip(&want) {
+                assert!((g as f64 - w).abs() < 1e-5, "{kind:?}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn attention_refuses_a_width_that_does_not_split_into_heads() {
+        let qkv = tensor(vec![0.0; 2 * 3 * 10], &[1, 2, 30]);
+        assert!(attention(&qkv, 4, 1.0, Attention::Standard).is_err());
+    }
+
+    #[test]
+    fn only_cpu_f32_takes_these_kernels() {
+        assert!(applies(
+            &Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap()
+        ));
+        assert!(!applies(
+            &Tensor::zeros(2, DType::F16, &Device::Cpu).unwrap()
+        ));
+    }
+}
