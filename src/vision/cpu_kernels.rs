@@ -97,25 +97,12 @@ impl InplaceOp3 for AccumulateProduct {
         // SAFETY: the three slices hold exactly rows x out, rows x inner and inner x out
         // row-major elements (checked above), and `onto` is borrowed mutably, apart from the others.
         unsafe {
-            gemm::gemm(
-                rows,
-                out,
-                inner,
-                onto.as_mut_ptr(),
-                1,
-                out as isize,
-                true,
-                xs.as_ptr(),
-                1,
-                inner as isize,
-                weight_t.as_ptr(),
-                1,
-                out as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
+            product(
+                (rows, out, inner),
+                Strided::rows(onto.as_mut_ptr(), out),
+                Output::AddTo,
+                Strided::rows(xs.as_ptr(), inner),
+                Strided::rows(weight_t.as_ptr(), out),
                 parallelism(),
             );
         }
@@ -216,25 +203,12 @@ impl CustomOp1 for MultiHeadAttention {
                         }
                     }
                     let out = shared.at(window * tokens * width + column);
-                    gemm::gemm(
-                        tokens,
-                        head_dim,
-                        tokens,
-                        out,
-                        1,
-                        width as isize,
-                        false,
-                        first.as_ptr(),
-                        1,
-                        tokens as isize,
-                        v,
-                        1,
-                        qkv_width as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
+                    product(
+                        (tokens, head_dim, tokens),
+                        Strided::rows(out, width),
+                        Output::Overwrite,
+                        Strided::rows(first.as_ptr(), tokens),
+                        Strided::rows(v, qkv_width),
                         Parallelism::None,
                     );
                 }
@@ -257,26 +231,82 @@ unsafe fn gram_product(
     row_stride: usize,
 ) {
     debug_assert_eq!(scores.len(), tokens * tokens);
+    product(
+        (tokens, tokens, head_dim),
+        Strided::rows(scores.as_mut_ptr(), tokens),
+        Output::Overwrite,
+        Strided::rows(a, row_stride),
+        // b^T: its rows are b's columns.
+        Strided {
+            ptr: b,
+            row_stride: 1,
+            col_stride: row_stride,
+        },
+        Parallelism::None,
+    );
+}
+
+/// A matrix in memory: element (i, j) at `ptr + i * row_stride + j * col_stride`.
+#[derive(Clone, Copy)]
+struct Strided<P> {
+    ptr: P,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<P> Strided<P> {
+    /// Rows `row_stride` apart, each contiguous.
+    fn rows(ptr: P, row_stride: usize) -> Self {
+        Strided {
+            ptr,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+}
+
+/// Whether a product replaces the destination or is added to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Overwrite,
+    AddTo,
+}
+
+/// `dst (m x n) = [dst +] a (m x k) * b (k x n)`, with `(m, n, k)` = `dims`.
+///
+/// # Safety
+/// Every element the three views address for these dimensions must be valid, and `dst`'s must
+/// not overlap `a`'s or `b`'s or be accessed by anyone else meanwhile.
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: Strided<*mut f32>,
+    output: Output,
+    a: Strided<*const f32>,
+    b: Strided<*const f32>,
+    parallelism: Parallelism,
+) {
+    let add_to = output == Output::AddTo;
     gemm::gemm(
-        tokens,
-        tokens,
-        head_dim,
-        scores.as_mut_ptr(),
-        1,
-        tokens as isize,
-        false,
-        a,
-        1,
-        row_stride as isize,
-        b,
-        row_stride as isize,
-        1,
-        0.0,
+        m,
+        n,
+        k,
+        dst.ptr,
+        dst.col_stride as isize,
+        dst.row_stride as isize,
+        add_to,
+        a.ptr,
+        a.col_stride as isize,
+        a.row_stride as isize,
+        b.ptr,
+        b.col_stride as isize,
+        b.row_stride as isize,
+        // dst = alpha * dst + beta * a b; alpha is read only when adding to dst.
+        if add_to { 1.0 } else { 0.0 },
         1.0,
         false,
         false,
         false,
-        Parallelism::None,
+        parallelism,
     );
 }
 
