@@ -1,8 +1,8 @@
 //! The CPU f32 forward's own kernels, for the passes where candle's generic ops cost most
 //! beside the GEMMs at one thread (about a third of a ViT-B/16 block):
 //!
-//! - linear layers write their GEMM straight onto the bias, or the residual plus the bias,
-//!   instead of a zeroed buffer followed by one or two broadcast adds;
+//! - linear layers write their GEMM straight onto the bias, and apply QuickGELU while the output
+//!   is still theirs, instead of a zeroed buffer, a broadcast add and an activation op chain;
 //! - attention runs per (window, head) on q, k and v read in place from the qkv projection with
 //!   strided GEMMs, its scores small enough to stay in cache, and writes each head's output into
 //!   its columns of the merged result: no head split or merge copies, no batch-sized score
@@ -13,36 +13,27 @@
 //!
 //! CUDA and the other dtypes keep candle's ops; `applies` says which path a tensor takes.
 
-use candle_core::{
-    CpuStorage, CustomOp1, DType, Device, InplaceOp1, InplaceOp3, Layout, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::Attention;
+use super::{Attention, Epilogue};
 
 /// Whether `xs` can take these kernels: f32 and on the CPU.
 pub fn applies(xs: &Tensor) -> bool {
     matches!(xs.device(), Device::Cpu) && xs.dtype() == DType::F32
 }
 
-/// `onto + xs * weight_t`: `onto` is rows x out (the bias broadcast, or residual + bias), `xs`
-/// rows x in, `weight_t` in x out. `onto` must be a fresh tensor that nothing else shares: the
-/// product is accumulated into its storage.
-pub fn accumulate_product(
-    onto: Tensor,
+/// `xs * weight_t + bias`, then the epilogue, as a new tensor: `xs` is rows x in, `weight_t`
+/// in x out, `bias` out.
+pub fn linear(
     xs: &Tensor,
     weight_t: &Tensor,
+    bias: &Tensor,
+    epilogue: Epilogue,
 ) -> candle_core::Result<Tensor> {
-    onto.inplace_op3(xs, weight_t, &AccumulateProduct)?;
-    Ok(onto)
-}
-
-/// QuickGELU, v * sigmoid(1.702 v), in place on a fresh tensor that nothing else shares.
-pub fn quick_gelu(xs: Tensor) -> candle_core::Result<Tensor> {
-    xs.inplace_op1(&QuickGelu)?;
-    Ok(xs)
+    xs.apply_op3_no_bwd(weight_t, bias, &Linear { epilogue })
 }
 
 /// Multi-head attention on the output of a fused q|k|v projection, `qkv`: batch x tokens x
@@ -64,64 +55,57 @@ fn parallelism() -> Parallelism {
     }
 }
 
-struct AccumulateProduct;
+struct Linear {
+    epilogue: Epilogue,
+}
 
-impl InplaceOp3 for AccumulateProduct {
+impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
-        "accumulate-product"
+        "linear"
     }
 
     fn cpu_fwd(
         &self,
-        onto: &mut CpuStorage,
-        onto_layout: &Layout,
         xs: &CpuStorage,
         xs_layout: &Layout,
         weight_t: &CpuStorage,
         weight_layout: &Layout,
-    ) -> candle_core::Result<()> {
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, inner) = xs_layout.shape().dims2()?;
         let (weight_inner, out) = weight_layout.shape().dims2()?;
-        if weight_inner != inner || onto_layout.shape().dims() != [rows, out] {
+        if weight_inner != inner || bias_layout.shape().dims() != [out] {
             candle_core::bail!(
-                "{}: {:?} += {:?} x {:?} does not fit",
+                "{}: {:?} x {:?} + {:?} does not fit",
                 self.name(),
-                onto_layout.dims(),
                 xs_layout.dims(),
-                weight_layout.dims()
+                weight_layout.dims(),
+                bias_layout.dims()
             );
         }
         let xs = contiguous_f32(xs, xs_layout, self.name())?;
         let weight_t = contiguous_f32(weight_t, weight_layout, self.name())?;
-        let onto = contiguous_f32_mut(onto, onto_layout, self.name())?;
-        // SAFETY: the three slices hold exactly rows x out, rows x inner and inner x out
-        // row-major elements (checked above), and `onto` is borrowed mutably, apart from the others.
+        let bias = contiguous_f32(bias, bias_layout, self.name())?;
+        let mut output = bias.repeat(rows);
+        // SAFETY: the slices hold exactly rows x inner, inner x out and rows x out row-major
+        // elements (checked above), and `output` is this function's own.
         unsafe {
             product(
                 (rows, out, inner),
-                Strided::rows(onto.as_mut_ptr(), out),
+                Strided::rows(output.as_mut_ptr(), out),
                 Output::AddTo,
                 Strided::rows(xs.as_ptr(), inner),
                 Strided::rows(weight_t.as_ptr(), out),
                 parallelism(),
             );
         }
-        Ok(())
-    }
-}
-
-struct QuickGelu;
-
-impl InplaceOp1 for QuickGelu {
-    fn name(&self) -> &'static str {
-        "quick-gelu"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let data = contiguous_f32_mut(storage, layout, self.name())?;
-        data.par_chunks_mut(MIN_ELEMENTS_PER_TASK)
-            .for_each(quick_gelu_in_place);
-        Ok(())
+        if self.epilogue == Epilogue::QuickGelu {
+            output
+                .par_chunks_mut(MIN_ELEMENTS_PER_TASK)
+                .for_each(quick_gelu_in_place);
+        }
+        Ok((CpuStorage::F32(output), Shape::from((rows, out))))
     }
 }
 
@@ -310,17 +294,6 @@ unsafe fn product(
     );
 }
 
-fn contiguous_f32_mut<'a>(
-    storage: &'a mut CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a mut [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
-        _ => candle_core::bail!("{op}: needs a contiguous f32 tensor"),
-    }
-}
-
 fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
@@ -488,60 +461,86 @@ mod tests {
         assert_eq!(rows, vec![0.25f32; 8]);
     }
 
-    #[test]
-    fn quick_gelu_matches_the_formula() {
-        let input = pseudo_random(3 * MIN_ELEMENTS_PER_TASK + 37, 12.0);
-        let xs = Tensor::from_vec(input.clone(), input.len(), &Device::Cpu).unwrap();
-        let out = quick_gelu(xs).unwrap().to_vec1::<f32>().unwrap();
-        for (&got, &x) in out.iter().zip(&input) {
-            let v = x as f64;
-            let want = v / (1.0 + (-1.702 * v).exp());
-            assert!(
-                (got as f64 - want).abs() <= 1e-6 * want.abs().max(1e-2),
-                "{got} vs {want}"
-            );
-        }
-    }
-
     fn tensor(values: Vec<f32>, shape: &[usize]) -> Tensor {
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 
+    fn quick_gelu_f64(v: f64) -> f64 {
+        v / (1.0 + (-1.702 * v).exp())
+    }
+
     #[test]
-    fn accumulate_product_adds_the_product_onto_what_is_there() {
+    fn linear_is_the_product_plus_the_bias_then_the_epilogue() {
         let (rows, inner, out) = (9, 13, 5);
-        let onto = pseudo_random(rows * out, 1.0);
         let xs = pseudo_random(rows * inner, 2.0);
         let weight = pseudo_random(inner * out, 0.5);
-        let got = accumulate_product(
-            tensor(onto.clone(), &[rows, out]),
-            &tensor(xs.clone(), &[rows, inner]),
-            &tensor(weight.clone(), &[inner, out]),
-        )
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-        for r in 0..rows {
-            for c in 0..out {
-                let want = onto[r * out + c] as f64
-                    + (0..inner)
-                        .map(|i| xs[r * inner + i] as f64 * weight[i * out + c] as f64)
-                        .sum::<f64>();
-                assert!((got[r * out + c] as f64 - want).abs() < 1e-5, "{r},{c}");
+        let bias = pseudo_random(out, 1.0);
+        for epilogue in [Epilogue::None, Epilogue::QuickGelu] {
+            let got = linear(
+                &tensor(xs.clone(), &[rows, inner]),
+                &tensor(weight.clone(), &[inner, out]),
+                &tensor(bias.clone(), &[out]),
+                epilogue,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            for r in 0..rows {
+                for c in 0..out {
+                    let v = bias[c] as f64
+                        + (0..inner)
+                            .map(|i| xs[r * inner + i] as f64 * weight[i * out + c] as f64)
+                            .sum::<f64>();
+                    let want = match epilogue {
+                        Epilogue::None => v,
+                        Epilogue::QuickGelu => quick_gelu_f64(v),
+                    };
+                    let got = got[r * out + c] as f64;
+                    assert!((got - want).abs() < 1e-5, "{epilogue:?} {r},{c}");
+                }
             }
         }
     }
 
     #[test]
-    fn accumulate_product_refuses_shapes_that_do_not_fit() {
-        let result = accumulate_product(
-            tensor(vec![0.0; 6], &[2, 3]),
+    fn linear_leaves_its_inputs_alone_even_for_one_row() {
+        let bias = tensor(vec![1.0, 2.0], &[2]);
+        let out = linear(
+            &tensor(vec![3.0], &[1, 1]),
+            &tensor(vec![10.0, 20.0], &[1, 2]),
+            &bias,
+            Epilogue::None,
+        )
+        .unwrap();
+        assert_eq!(out.to_vec2::<f32>().unwrap(), [[31.0, 62.0]]);
+        assert_eq!(bias.to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+    }
+
+    #[test]
+    fn linear_refuses_shapes_that_do_not_fit() {
+        let result = linear(
             &tensor(vec![0.0; 8], &[2, 4]),
             &tensor(vec![0.0; 15], &[5, 3]),
+            &tensor(vec![0.0; 3], &[3]),
+            Epilogue::None,
         );
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn quick_gelu_matches_the_formula() {
+        let mut values = pseudo_random(3 * MIN_ELEMENTS_PER_TASK + 37, 12.0);
+        let input = values.clone();
+        quick_gelu_in_place(&mut values);
+        for (&got, &x) in values.iter().zip(&input) {
+            let want = quick_gelu_f64(x as f64);
+            assert!(
+                (got as f64 - want).abs() <= 1e-6 * want.abs().max(1e-2),
+                "{got} vs {want}"
+            );
+        }
     }
 
     /// Attention the slow way, in f64, from the q|k|v layout.

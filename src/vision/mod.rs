@@ -41,42 +41,36 @@ impl Dense {
 
     /// `xs`: batch x tokens x in -> batch x tokens x out.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_onto(xs, None)
+        self.forward_with(xs, Epilogue::None)
     }
 
-    /// `residual + xs W^T + b` (or without the residual). On the CPU the GEMM accumulates onto
-    /// the bias and residual directly.
-    fn forward_onto(&self, xs: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+    /// QuickGELU(x W^T + b).
+    fn forward_quick_gelu(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, Epilogue::QuickGelu)
+    }
+
+    fn forward_with(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let (batch, tokens, width) = xs.dims3()?;
-        let rows = batch * tokens;
-        let out_dim = self.bias.dim(0)?;
-        let xs = xs.reshape((rows, width))?;
+        let xs = xs.reshape((batch * tokens, width))?;
         let out = if cpu_kernels::applies(&xs) {
-            let onto = match residual {
-                Some(residual) => residual
-                    .reshape((rows, out_dim))?
-                    .broadcast_add(&self.bias)?,
-                None => self.bias.broadcast_as((rows, out_dim))?.contiguous()?,
-            };
-            cpu_kernels::accumulate_product(onto, &xs, &self.weight_t)?
+            cpu_kernels::linear(&xs, &self.weight_t, &self.bias, epilogue)?
         } else {
             let out = xs.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
-            match residual {
-                Some(residual) => (out + residual.reshape((rows, out_dim))?)?,
-                None => out,
+            match epilogue {
+                Epilogue::None => out,
+                Epilogue::QuickGelu => (&out * candle_nn::ops::sigmoid(&(&out * 1.702)?)?)?,
             }
         };
-        Ok(out.reshape((batch, tokens, out_dim))?)
+        Ok(out.reshape((batch, tokens, ()))?)
     }
+}
 
-    /// QuickGELU(x W^T + b), in place on the CPU.
-    fn forward_quick_gelu(&self, xs: &Tensor) -> Result<Tensor> {
-        let out = self.forward(xs)?;
-        if cpu_kernels::applies(&out) {
-            return Ok(cpu_kernels::quick_gelu(out)?);
-        }
-        Ok((&out * candle_nn::ops::sigmoid(&(&out * 1.702)?)?)?)
-    }
+/// What a linear layer applies to its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Epilogue {
+    None,
+    /// v * sigmoid(1.702 v), CLIP's activation.
+    QuickGelu,
 }
 
 fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, name: &str) -> Result<LayerNorm> {
@@ -103,13 +97,12 @@ impl Mlp {
         })
     }
 
-    /// `residual + mlp(xs)`.
-    fn forward_onto(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let hidden = match self.activation {
             Activation::QuickGelu => self.fc1.forward_quick_gelu(xs)?,
             Activation::Gelu => self.fc1.forward(xs)?.gelu_erf()?,
         };
-        self.fc2.forward_onto(&hidden, Some(residual))
+        self.fc2.forward(&hidden)
     }
 }
 
@@ -197,10 +190,8 @@ impl EncoderLayer {
 
     /// The pre-LN block with the given attention; residuals and MLP as in CLIP.
     fn forward(&self, xs: &Tensor, kind: Attention) -> Result<Tensor> {
-        let xs = self
-            .out_proj
-            .forward_onto(&self.attend(xs, kind)?, Some(xs))?;
-        self.mlp.forward_onto(&self.layer_norm2.forward(&xs)?, &xs)
+        let xs = (xs + self.out_proj.forward(&self.attend(xs, kind)?)?)?;
+        Ok((&xs + self.mlp.forward(&self.layer_norm2.forward(&xs)?)?)?)
     }
 }
 
