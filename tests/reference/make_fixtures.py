@@ -3,6 +3,8 @@
 
     python tests/reference/make_fixtures.py            # writes tests/fixtures/ and assets/
     python tests/reference/make_fixtures.py --full-size DIR   # random full ViT-B/16 (benchmarks)
+    python tests/reference/make_fixtures.py --full-size DIR --tokenizer tests/fixtures/model/tokenizer.json
+                                           # the same without open_clip (e.g. on a GPU machine)
 
 Outputs (relative to the repository root):
   assets/imagenet_templates.txt           the 80 OpenAI ImageNet templates, open_clip order
@@ -594,10 +596,13 @@ def write_templates():
     return out
 
 
-def full_size(out_dir: Path):
+def full_size(out_dir: Path, tokenizer_json: Path | None):
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = out_dir / "tokenizer.json"
-    build_tokenizer(tok)
+    if tokenizer_json is None:
+        build_tokenizer(tok)
+    else:
+        shutil.copyfile(tokenizer_json, tok)
     cfg = make_config(FULL)
     sd = random_state_dict(cfg, WEIGHT_SEED)
     tmp = tok.with_name("tokenizer.tmp.json")
@@ -612,11 +617,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full-size", metavar="DIR", help="write a random full-size ViT-B/16 model "
                     "(config.json, model.safetensors, tokenizer.json) into DIR and exit")
+    ap.add_argument("--tokenizer", metavar="JSON", type=Path,
+                    help="with --full-size: copy this tokenizer.json (e.g. the fixture model's) "
+                    "instead of building it, so open_clip is not needed")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.full_size:
-        full_size(Path(a.full_size))
+        full_size(Path(a.full_size), a.tokenizer)
         return
 
     write_templates()
