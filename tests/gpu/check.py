@@ -37,10 +37,6 @@ LIMITS = {"f32": 1e-4, "f16": 2e-2, "bf16": None}
 SPEED_CLASSES = "dog,boat,water"
 
 
-def read_npy(path: Path) -> np.ndarray:
-    return np.load(path)
-
-
 def read_label_png(path: Path) -> np.ndarray:
     """The label indices of a palette mask (OpenCV would expand the palette to colours)."""
     from PIL import Image
@@ -107,12 +103,12 @@ class Checker:
             cpu_out = self.work / "cpu" / case["name"]
             self.sclip(case_args(case, cpu_out) + ["--device", "cpu", "--dtype", "f32"])
             stem = Path(case["image"]).stem
-            cpu_probs = read_npy(cpu_out / f"{stem}.probs.npy")
+            cpu_probs = np.load(cpu_out / f"{stem}.probs.npy")
             cpu_labels = read_label_png(cpu_out / f"{stem}.png")
             for dtype, limit in LIMITS.items():
                 out = self.work / dtype / case["name"]
                 self.sclip(case_args(case, out) + ["--device", self.a.device, "--dtype", dtype])
-                probs = read_npy(out / f"{stem}.probs.npy")
+                probs = np.load(out / f"{stem}.probs.npy")
                 labels = read_label_png(out / f"{stem}.png")
                 if probs.shape != cpu_probs.shape or labels.shape != cpu_labels.shape:
                     raise SystemExit(f"{case['name']} {dtype}: shapes {probs.shape} vs {cpu_probs.shape}")

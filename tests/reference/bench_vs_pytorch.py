@@ -385,12 +385,16 @@ class Bench:
 
     # ---- 1: vision forward per window ----------------------------------------
 
+    def sclip_bench_cmd(self) -> List[str]:
+        """The speed bench's vision stage, as a command."""
+        return [os.path.abspath(self.args.sclip_bench), "--bench", "vision"]
+
     def sclip_windows(self) -> Dict[int, float]:
         """Seconds per window at batch 1 and 6 from one run of the bench's vision stage."""
         env = dict(os.environ)
         env["RAYON_NUM_THREADS"] = str(self.args.threads)
         env["SCLIP_BENCH_MODEL"] = self.args.model
-        cmd = [os.path.abspath(self.args.sclip_bench), "--bench", "vision"]
+        cmd = self.sclip_bench_cmd()
         proc = run_process(cmd, env, self.cpus)
         figures = {int(batch): float(seconds) for batch, seconds in
                    re.findall(r"batch (\d+): ([0-9.]+) s per window", proc.stdout)}
@@ -406,7 +410,7 @@ class Bench:
         sclip_rounds: Dict[int, List[float]] = {1: [], 6: []}
         reference_rounds: Dict[int, List[float]] = {1: [], 6: []}
         if a.sclip_bench:
-            self.show("sclip", [a.sclip_bench, "--bench", "vision"],
+            self.show("sclip", self.sclip_bench_cmd(),
                       f"RAYON_NUM_THREADS={a.threads} SCLIP_BENCH_MODEL={a.model}")
         gen = torch.Generator().manual_seed(0)
         inputs = {batch: torch.randn(batch, 3, 224, 224, generator=gen) for batch in (1, 6)}
