@@ -20,16 +20,15 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use sclip::batch::report::peak_rss_mib;
-use sclip::classes::ClassList;
-use sclip::load::{open_weights, resolve_model, ClipConfig, ModelFiles, VisionConfig};
+use sclip::memory::peak_rss_mib;
+use sclip::model::config::VisionConfig;
+use sclip::model::{resolve_model, ClipConfig, ModelFiles};
 use sclip::output::write_label_png;
-use sclip::postprocess::PostprocessParams;
 use sclip::preprocess::{load_image, DEFAULT_MAX_PIXELS};
 use sclip::presets;
-use sclip::segment::{Segmenter, Settings, WindowCrop};
-use sclip::text::cache::QueryCache;
-use sclip::text::{Padding, TextEncoder};
+use sclip::segmenter::WindowCrop;
+use sclip::text::Padding;
+use sclip::{ClassList, Model, Overrides, QueryCache, QueryEncoder, Segmenter, Settings};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -104,7 +103,7 @@ fn run() -> Result<()> {
     let voc21 = presets::find("voc21")?;
     let classes = voc21.classes();
     if runs("text") {
-        text_bench(&files, &config, &classes)?;
+        text_bench(&files, &classes)?;
     }
 
     // The load stage times a cold text cache; without it the other stages reuse queries kept
@@ -114,46 +113,27 @@ fn run() -> Result<()> {
     } else {
         Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-query-cache")
     });
-    let settings = Settings {
-        short_side: 336,
-        window: 224,
-        stride: 112,
-        batch_size: 8,
-        postprocess: PostprocessParams {
-            logit_scale: voc21.logit_scale,
-            prob_thd: voc21.prob_thd,
-            area_thd: voc21.area_thd,
-        },
-        keep_probs: false,
-    };
+    let settings = Settings::resolve(Some(voc21), &Overrides::default())?;
     if runs("load") || runs("vision") || runs("image") {
         let started = Instant::now();
-        let segmenter = Segmenter::new(
-            &files,
-            &Device::Cpu,
-            DType::F32,
-            classes.clone(),
-            settings.clone(),
-            Some(&cache),
-        )?;
+        let model = Model::load(files.clone(), &Device::Cpu, DType::F32)?;
+        let queries = QueryEncoder::new(&model, Some(cache.clone())).encode(&classes)?;
+        let segmenter = Segmenter::new(&model, queries, settings.clone())?;
         if runs("load") {
             println!(
                 "model load + text queries (cold cache): {:.2} s",
                 started.elapsed().as_secs_f64()
             );
             let started = Instant::now();
-            let warm = Segmenter::new(
-                &files,
-                &Device::Cpu,
-                DType::F32,
-                classes,
-                settings,
-                Some(&cache),
-            )?;
+            let warm_model = Model::load(files.clone(), &Device::Cpu, DType::F32)?;
+            let queries = QueryEncoder::new(&warm_model, Some(cache.clone())).encode(&classes)?;
+            let stats = queries.stats().clone();
+            Segmenter::new(&warm_model, queries, settings)?;
             println!(
-                "model load + text queries (warm cache): {:.2} s ({})",
+                "model load + text queries (warm cache): {:.2} s (text {:?} in {:.2} s)",
                 started.elapsed().as_secs_f64(),
-                warm.text_stats()
+                stats.cache,
+                stats.seconds
             );
         }
         if runs("vision") {
@@ -238,17 +218,11 @@ impl GemmProbe {
 /// Text queries for one name per class (21 for VOC, as the target counts them), padded
 /// to the full context as the authors' code does and trimmed as sclip does. Padded encoding
 /// takes a minute on one thread, so it runs once; trimming runs three times.
-fn text_bench(files: &ModelFiles, config: &ClipConfig, classes: &ClassList) -> Result<()> {
+fn text_bench(files: &ModelFiles, classes: &ClassList) -> Result<()> {
     let names: Vec<String> = (0..classes.len())
         .map(|class| classes.display_name(class).to_string())
         .collect();
-    let weights = open_weights(&files.weights, DType::F32, &Device::Cpu)?;
-    let encoder = TextEncoder::load(
-        &weights,
-        &config.text,
-        config.projection_dim,
-        &files.tokenizer,
-    )?;
+    let encoder = Model::load(files.clone(), &Device::Cpu, DType::F32)?.text_encoder()?;
     let prompts = names.len() * sclip::text::templates().len();
     println!(
         "\ntext queries (cold), {} names x 80 templates = {prompts} prompts:",
@@ -301,7 +275,7 @@ fn vision_bench(segmenter: &Segmenter, config: &ClipConfig) -> Result<()> {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
     });
     let prepared = segmenter.prepare(&image);
-    let grid = 224 / config.vision.patch_size;
+    let grid = segmenter.settings().window / config.vision.patch_size;
     let flops = window_flops(&config.vision, config.projection_dim, grid);
     let gemm = GemmProbe::new()?;
     println!(

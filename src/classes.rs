@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// Labels are written as 8-bit PNG indices.
 pub const MAX_CLASSES: usize = 256;
@@ -14,17 +14,16 @@ pub struct ClassList {
 }
 
 impl ClassList {
-    /// `--classes "person,car|automobile,road"`: commas separate classes, `|` separates a class's names.
-    pub fn parse_inline(spec: &str) -> Result<Self> {
+    /// One line: `"person,car|automobile,road"`, commas separating classes and `|` a class's names.
+    pub fn parse_inline(spec: &str) -> Result<Self, ClassListError> {
         if spec.trim().is_empty() {
-            return Self::new(Vec::new()).context("bad --classes");
+            return Self::new(Vec::new());
         }
         let classes = spec
             .split(',')
             .map(|class| split_names(class, '|'))
-            .collect::<Result<Vec<_>>>()
-            .with_context(|| format!("bad --classes {spec:?}"))?;
-        Self::new(classes).context("bad --classes")
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(classes)
     }
 
     /// A class file: one class per line, its names separated by commas; `#` starts a comment;
@@ -38,7 +37,7 @@ impl ClassList {
             }
             classes.push(split_names(content, ',').with_context(|| format!("line {}", index + 1))?);
         }
-        Self::new(classes)
+        Ok(Self::new(classes)?)
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -48,15 +47,14 @@ impl ClassList {
             .with_context(|| format!("bad class file {}", path.display()))
     }
 
-    fn new(classes: Vec<Vec<String>>) -> Result<Self> {
+    fn new(classes: Vec<Vec<String>>) -> Result<Self, ClassListError> {
         if classes.is_empty() {
-            bail!("the class list is empty; name at least one class, e.g. --classes \"dog,boat,water\"");
+            return Err(ClassListError::Empty);
         }
         if classes.len() > MAX_CLASSES {
-            bail!(
-                "{} classes given, but label PNGs hold at most {MAX_CLASSES}; split the list",
-                classes.len()
-            );
+            return Err(ClassListError::TooMany {
+                count: classes.len(),
+            });
         }
         Ok(ClassList { classes })
     }
@@ -84,16 +82,46 @@ impl ClassList {
     }
 }
 
-fn split_names(class: &str, separator: char) -> Result<Vec<String>> {
+/// Why a class list cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassListError {
+    Empty,
+    /// A class (as written) with a blank name.
+    BlankName {
+        class: String,
+    },
+    /// More classes than label PNGs can hold.
+    TooMany {
+        count: usize,
+    },
+}
+
+impl std::fmt::Display for ClassListError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassListError::Empty => write!(f, "the class list is empty; name at least one class"),
+            ClassListError::BlankName { class } => {
+                write!(f, "empty class name in {class:?}; names must not be blank")
+            }
+            ClassListError::TooMany { count } => write!(
+                f,
+                "{count} classes given, but label PNGs hold at most {MAX_CLASSES}; split the list"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClassListError {}
+
+fn split_names(class: &str, separator: char) -> Result<Vec<String>, ClassListError> {
     let names: Vec<String> = class
         .split(separator)
         .map(|n| n.trim().to_string())
         .collect();
     if names.iter().any(String::is_empty) {
-        bail!(
-            "empty class name in {:?}; names must not be blank",
-            class.trim()
-        );
+        return Err(ClassListError::BlankName {
+            class: class.trim().to_string(),
+        });
     }
     Ok(names)
 }
@@ -123,15 +151,18 @@ mod tests {
 
     #[test]
     fn empty_lists_and_blank_names_are_refused() {
-        assert!(format!("{:#}", ClassList::parse_inline(" ").unwrap_err())
-            .contains("class list is empty"));
-        assert!(
-            format!("{:#}", ClassList::parse_inline("dog,,cat").unwrap_err())
-                .contains("empty class name")
+        assert_eq!(ClassList::parse_inline(" "), Err(ClassListError::Empty));
+        assert_eq!(
+            ClassList::parse_inline("dog,,cat"),
+            Err(ClassListError::BlankName {
+                class: String::new()
+            })
         );
-        assert!(
-            format!("{:#}", ClassList::parse_inline("dog|").unwrap_err())
-                .contains("empty class name")
+        assert_eq!(
+            ClassList::parse_inline("dog|"),
+            Err(ClassListError::BlankName {
+                class: "dog|".to_string()
+            })
         );
         assert!(format!(
             "{:#}",
@@ -142,9 +173,9 @@ mod tests {
             .map(|i| format!("c{i}"))
             .collect::<Vec<_>>()
             .join(",");
-        assert!(
-            format!("{:#}", ClassList::parse_inline(&too_many).unwrap_err())
-                .contains("at most 256")
+        assert_eq!(
+            ClassList::parse_inline(&too_many),
+            Err(ClassListError::TooMany { count: 257 })
         );
     }
 }

@@ -2,7 +2,7 @@
 //! (align_corners = false, no antialiasing), applied separably: along x first, then y.
 //!
 //! The reference results come from PyTorch's x86-64 build, whose compiler fuses some of the
-//! multiply-adds of these kernels; the fused steps are reproduced with [`fused_mul_add`] so
+//! multiply-adds of these kernels; the fused steps are reproduced with `fused_mul_add` so
 //! that our values agree with PyTorch's bit for bit rather than to a few ulps.
 
 /// `a * b + c` with a single rounding, as the FMA instruction that PyTorch's kernels compile to.
@@ -164,21 +164,7 @@ pub fn resize_position_grid(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The deterministic pseudo-random values the expected outputs were computed from
-    /// (the same formula, in f32, on the Python side).
-    fn pattern(len: usize, offset: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + offset) % 1000) as f32 / 1000.0 - 0.5)
-            .collect()
-    }
-
-    fn assert_close(actual: &[f32], expected: &[f32], tolerance: f32) {
-        assert_eq!(actual.len(), expected.len());
-        for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-            assert!((a - e).abs() <= tolerance, "element {i}: {a} vs {e}");
-        }
-    }
+    use crate::test_support::{assert_close, pattern};
 
     fn taps_as_tuples(taps: &[LinearTap]) -> Vec<(usize, usize, f32, f32)> {
         taps.iter().map(|t| (t.i0, t.i1, t.w0, t.w1)).collect()

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::interp::{linear_taps, LinearTap};
 use crate::slide::QueryLogits;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PostprocessParams {
     /// Multiplies the logits (cosine similarities) before the softmax.
     pub logit_scale: f32,
@@ -39,6 +39,22 @@ pub struct Segmentation {
     pub probs: Option<Vec<f32>>,
     /// How many pixels got each label.
     pub class_pixels: Vec<u64>,
+}
+
+impl Segmentation {
+    /// (class index, fraction of the pixels) for every class in the mask, largest first.
+    pub fn present_classes(&self) -> Vec<(usize, f64)> {
+        let total = (self.width * self.height) as f64;
+        let mut present: Vec<(usize, f64)> = self
+            .class_pixels
+            .iter()
+            .enumerate()
+            .filter(|(_, &pixels)| pixels > 0)
+            .map(|(class, &pixels)| (class, pixels as f64 / total))
+            .collect();
+        present.sort_by(|a, b| b.1.total_cmp(&a.1));
+        present
+    }
 }
 
 /// `query_class[q]` is the class of query q (synonyms: several queries map to one class; class
@@ -613,6 +629,7 @@ fn small_classes(areas: &[u64], area_thd: f32) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{assert_close, uniform};
 
     const NO_THRESHOLDS: PostprocessParams = PostprocessParams {
         logit_scale: 1.0,
@@ -667,13 +684,6 @@ mod tests {
         assert_eq!(quick.labels, full.labels);
         assert_eq!(quick.class_pixels, full.class_pixels);
         quick.labels
-    }
-
-    fn assert_close(actual: &[f32], expected: &[f32], tolerance: f32) {
-        assert_eq!(actual.len(), expected.len());
-        for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-            assert!((a - e).abs() <= tolerance, "element {i}: {a} vs {e}");
-        }
     }
 
     #[test]
@@ -822,20 +832,6 @@ mod tests {
         assert!(result.labels.is_empty());
         assert_eq!(result.probs, Some(vec![]));
         assert_eq!(result.class_pixels, [0, 0]);
-    }
-
-    /// Deterministic uniform values in [-0.5, 0.5), exactly representable (24-bit), from a
-    /// 64-bit LCG; the Python side of the expected values uses the same generator.
-    fn uniform(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `cv2.resize(INTER_LINEAR)`, and mmseg's per-channel normalisation.
 
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use image::metadata::Orientation;
@@ -28,7 +28,7 @@ const COEF_SCALE: f32 = 2048.0;
 /// Decode bytes: any format the image crate decodes (JPEG incl. CMYK, PNG 8/16-bit, grey, palette, alpha, WebP, BMP, TIFF, GIF first frame).
 /// EXIF orientation applied; alpha dropped (not composited); grey/palette expanded to RGB; 16-bit reduced to high byte (v >> 8); CMYK converted as OpenCV does.
 ///
-/// JPEG goes through libjpeg-turbo (the [`jpeg`] module), as in OpenCV. GIF is the one exception
+/// JPEG goes through libjpeg-turbo (the `jpeg` module), as in OpenCV. GIF is the one exception
 /// to "alpha dropped": like OpenCV, transparent pixels take the GIF's background colour.
 pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
     let format = image::guess_format(bytes)
@@ -89,8 +89,8 @@ fn jpeg_header_segments(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     })
 }
 
-/// The default of `--max-pixels`: larger declared sizes are refused before decoding, so that a
-/// small file claiming a huge size (a decompression bomb) cannot exhaust memory.
+/// The default pixel limit of [`load_image`]: larger declared sizes are refused before decoding,
+/// so that a small file claiming a huge size (a decompression bomb) cannot exhaust memory.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
 /// Reads and decodes an image file with [`decode_image`], refusing files whose header declares
@@ -104,17 +104,50 @@ pub fn load_image(path: &Path, max_pixels: u64) -> Result<RgbImage> {
     if let Some((width, height)) = declared_size(&bytes) {
         let pixels = u64::from(width) * u64::from(height);
         if pixels > max_pixels {
-            bail!(
-                "{} declares {width}x{height} = {:.1} megapixels, over the --max-pixels limit of {:.1}; \
-                 raise --max-pixels if the image is genuine",
-                path.display(),
-                pixels as f64 / 1e6,
-                max_pixels as f64 / 1e6
-            );
+            return Err(TooManyPixels {
+                path: path.to_path_buf(),
+                width,
+                height,
+                limit: max_pixels,
+            }
+            .into());
         }
     }
     decode_image(&bytes).with_context(|| format!("cannot decode image file {}", path.display()))
 }
+
+/// An image whose header declares more pixels than the limit allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooManyPixels {
+    pub path: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    pub limit: u64,
+}
+
+impl TooManyPixels {
+    /// The declared size and the limit, in megapixels.
+    pub fn megapixels(&self) -> (f64, f64) {
+        let pixels = u64::from(self.width) * u64::from(self.height);
+        (pixels as f64 / 1e6, self.limit as f64 / 1e6)
+    }
+}
+
+impl std::fmt::Display for TooManyPixels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (declared, limit) = self.megapixels();
+        write!(
+            f,
+            "{} declares {}x{} = {declared:.1} megapixels, over the limit of {limit:.1}; raise \
+             the limit if the image is genuine",
+            self.path.display(),
+            self.width,
+            self.height
+        )
+    }
+}
+
+impl std::error::Error for TooManyPixels {}
 
 /// The width and height an image's header declares, when it can be read without decoding;
 /// `None` leaves the verdict on a malformed header to the decoder.
@@ -644,9 +677,13 @@ mod tests {
             encode(DynamicImage::ImageRgb8(pattern(40, 30)), ImageFormat::Png),
         )
         .unwrap();
-        let message = format!("{:#}", load_image(&path, 1199).unwrap_err());
-        assert!(message.contains("40x30"), "{message}");
-        assert!(message.contains("--max-pixels"), "{message}");
+        let error = load_image(&path, 1199).unwrap_err();
+        let refusal = error.downcast_ref::<TooManyPixels>().expect("typed");
+        assert_eq!(
+            (refusal.width, refusal.height, refusal.limit),
+            (40, 30, 1199)
+        );
+        assert!(format!("{error:#}").contains("40x30"), "{error:#}");
         assert_eq!(load_image(&path, 1200).unwrap().dimensions(), (40, 30));
 
         let empty = dir.path().join("empty.jpg");

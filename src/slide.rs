@@ -163,6 +163,7 @@ impl LogitCanvas {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{assert_close, pattern};
 
     fn windows(list: &[(usize, usize, usize, usize)]) -> Vec<Window> {
         list.iter()
@@ -232,13 +233,6 @@ mod tests {
         assert_eq!(window_grid(2048, 68, 224, 112), expected);
     }
 
-    /// The deterministic window logits the expected canvases were computed from.
-    fn pattern(len: usize, offset: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + offset) % 1000) as f32 / 1000.0 - 0.5)
-            .collect()
-    }
-
     /// SCLIP's slide inference with `pattern(.., 7 + 31 k)` as window k's logits.
     fn slide(
         height: usize,
@@ -255,13 +249,6 @@ mod tests {
             canvas.add_window(window, &logits, grid_h, grid_w);
         }
         canvas.finish()
-    }
-
-    fn assert_close(actual: &[f32], expected: &[f32]) {
-        assert_eq!(actual.len(), expected.len());
-        for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-            assert!((a - e).abs() <= 1e-6, "element {i}: {a} vs {e}");
-        }
     }
 
     // The reference loop (window logits laid out as SCLIP's, F.interpolate bilinear to the
@@ -314,13 +301,13 @@ mod tests {
         // 6 x 9, crop 4, stride 3: 2 x 3 overlapping windows of 2 x 2 patches.
         let logits = slide(6, 9, 4, 3, 2, 2);
         assert_eq!((logits.queries, logits.height, logits.width), (2, 6, 9));
-        assert_close(&logits.data, &CANVAS_6X9);
+        assert_close(&logits.data, &CANVAS_6X9, 1e-6);
     }
 
     #[test]
     fn canvas_with_windows_shorter_than_the_crop() {
         // 3 rows under a crop of 4: windows are 3 x 4 with a 1 x 2 patch grid, stretched.
-        assert_close(&slide(3, 9, 4, 3, 2, 2).data, &CANVAS_3X9);
+        assert_close(&slide(3, 9, 4, 3, 2, 2).data, &CANVAS_3X9, 1e-6);
     }
 
     #[test]
@@ -333,7 +320,7 @@ mod tests {
             let actual: Vec<f32> = (0..3)
                 .map(|q| logits.data[q * plane + row * 200 + col])
                 .collect();
-            assert_close(&actual, &expected);
+            assert_close(&actual, &expected, 1e-6);
         }
     }
 

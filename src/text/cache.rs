@@ -16,8 +16,8 @@ use std::time::UNIX_EPOCH;
 use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::load::ModelFiles;
-use crate::output::write_atomically;
+use crate::atomic_write::write_atomically;
+use crate::model::ModelFiles;
 
 const MAGIC: &[u8; 8] = b"SCLIPQ1\0";
 /// Bumped whenever the queries' computation or this file format changes, so that old files
@@ -224,7 +224,7 @@ impl QueryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::WeightsFile;
+    use crate::model::WeightsFile;
     use std::fs;
     use std::time::{Duration, SystemTime};
 

@@ -2,6 +2,7 @@
 //! CLIP's text tower, and the normalised embeddings are averaged into one unit vector.
 
 pub mod cache;
+pub mod queries;
 
 use std::path::Path;
 
@@ -13,7 +14,8 @@ use candle_transformers::models::clip::text_model::{
 };
 use tokenizers::Tokenizer;
 
-use crate::load::{tensor, Activation, TextConfig};
+use crate::model::config::{Activation, TextConfig};
+use crate::model::weights::tensor;
 
 const TEMPLATES: &str = include_str!("../../assets/imagenet_templates.txt");
 const START_TOKEN: &str = "<|startoftext|>";
@@ -203,28 +205,13 @@ mod tests {
 
     #[test]
     fn trimming_prompts_gives_the_queries_of_full_padding() {
-        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model");
-        let files = crate::load::resolve_model(model.to_str().unwrap(), "main").unwrap();
-        let config = crate::load::ClipConfig::from_file(&files.config).unwrap();
-        let weights = crate::load::open_weights(&files.weights, DType::F32, &Device::Cpu).unwrap();
-        let encoder = TextEncoder::load(
-            &weights,
-            &config.text,
-            config.projection_dim,
-            &files.tokenizer,
-        )
-        .unwrap();
+        let encoder = crate::test_support::fixture_model(DType::F32)
+            .text_encoder()
+            .unwrap();
         let names = ["dog".to_string(), "a very long name of a thing".to_string()];
         let trimmed = encoder.name_queries(&names, Padding::Longest).unwrap();
         let padded = encoder.name_queries(&names, Padding::Context).unwrap();
-        let difference = (trimmed - padded)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let difference = crate::test_support::max_abs_difference(&trimmed, &padded);
         assert!(difference < 1e-5, "{difference}");
     }
 

@@ -18,7 +18,7 @@ use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{Attention, Epilogue};
+use super::{Epilogue, Gram, Mixing};
 
 /// Whether `xs` can take these kernels: f32 and on the CPU.
 pub fn applies(xs: &Tensor) -> bool {
@@ -37,15 +37,22 @@ pub fn linear(
 }
 
 /// Multi-head attention on the output of a fused q|k|v projection, `qkv`: batch x tokens x
-/// 3*heads*head_dim. Returns batch x tokens x heads*head_dim, heads side by side, ready for the
-/// output projection.
+/// 3*heads*head_dim, its tokens mixed as `mixing` says; `bias` is the mixing's logit bias as a
+/// tokens x tokens matrix. Returns batch x tokens x heads*head_dim, heads side by side, ready
+/// for the output projection.
 pub fn attention(
     qkv: &Tensor,
     heads: usize,
     scale: f32,
-    kind: Attention,
+    mixing: Mixing,
+    bias: Option<&[f32]>,
 ) -> candle_core::Result<Tensor> {
-    qkv.apply_op1_no_bwd(&MultiHeadAttention { heads, scale, kind })
+    qkv.apply_op1_no_bwd(&MultiHeadAttention {
+        heads,
+        scale,
+        mixing,
+        bias,
+    })
 }
 
 fn parallelism() -> Parallelism {
@@ -112,10 +119,11 @@ impl CustomOp3 for Linear {
 /// Enough work per rayon task that splitting never costs more than it saves.
 const MIN_ELEMENTS_PER_TASK: usize = 1 << 15;
 
-struct MultiHeadAttention {
+struct MultiHeadAttention<'a> {
     heads: usize,
     scale: f32,
-    kind: Attention,
+    mixing: Mixing,
+    bias: Option<&'a [f32]>,
 }
 
 /// The output buffer, shared by the per-head tasks, each of which writes only its own
@@ -134,7 +142,7 @@ impl SharedOutput {
     }
 }
 
-impl CustomOp1 for MultiHeadAttention {
+impl CustomOp1 for MultiHeadAttention<'_> {
     fn name(&self) -> &'static str {
         "multi-head-attention"
     }
@@ -152,46 +160,68 @@ impl CustomOp1 for MultiHeadAttention {
                 self.heads
             );
         }
+        let maps = match self.mixing {
+            Mixing::Identity => &[][..],
+            Mixing::Softmax { maps: [], .. } => {
+                candle_core::bail!("{}: a softmax mixing needs at least one map", self.name())
+            }
+            Mixing::Softmax { maps, .. } => maps,
+        };
+        if self.bias.is_some_and(|bias| bias.len() != tokens * tokens) {
+            candle_core::bail!("{}: the logit bias is not {tokens} x {tokens}", self.name());
+        }
         let qkv = contiguous_f32(storage, layout, self.name())?;
         let width = qkv_width / 3;
         let head_dim = width / self.heads;
         let mut output = vec![0.0f32; batch * tokens * width];
         let shared = SharedOutput(output.as_mut_ptr());
-        let maps = match self.kind {
-            Attention::Standard => 1,
-            Attention::Correlative => 2,
-        };
+        // One score map, and a second to add each further map from.
+        let score_maps = maps.len().min(2);
         (0..batch * self.heads).into_par_iter().for_each_init(
-            || vec![0.0f32; maps * tokens * tokens],
+            || vec![0.0f32; score_maps * tokens * tokens],
             |scores, task| {
                 let (window, head) = (task / self.heads, task % self.heads);
                 let rows = &qkv[window * tokens * qkv_width..][..tokens * qkv_width];
                 let column = head * head_dim;
                 let [q, k, v] = [0, width, 2 * width].map(|part| rows[part + column..].as_ptr());
-                let (first, second) = scores.split_at_mut(tokens * tokens);
+                let (sum, next) = scores.split_at_mut(maps.len().min(1) * tokens * tokens);
+                let out = Strided::rows(
+                    // SAFETY: this task's output block starts inside the buffer.
+                    unsafe { shared.at(window * tokens * width + column) },
+                    width,
+                );
                 // SAFETY: q, k and v point at `tokens` rows of `head_dim` values, `qkv_width`
                 // apart, all inside `rows`; score maps are tokens x tokens; this task's output
                 // block is its window's rows, its head's columns, which no other task writes.
                 unsafe {
-                    match self.kind {
-                        Attention::Standard => {
-                            gram_product(first, q, k, tokens, head_dim, qkv_width);
-                            softmax_rows(first, tokens, self.scale);
+                    if maps.is_empty() {
+                        copy_rows(out, v, qkv_width, tokens, head_dim);
+                        return;
+                    }
+                    for (index, gram) in maps.iter().enumerate() {
+                        let (a, b) = match gram {
+                            Gram::QueryKey => (q, k),
+                            Gram::QueryQuery => (q, q),
+                            Gram::KeyKey => (k, k),
+                        };
+                        let map = if index == 0 { &mut *sum } else { &mut *next };
+                        gram_product(map, a, b, tokens, head_dim, qkv_width);
+                        match self.bias {
+                            Some(bias) => {
+                                scale_and_add(map, self.scale, bias);
+                                softmax_rows(map, tokens, 1.0);
+                            }
+                            None => softmax_rows(map, tokens, self.scale),
                         }
-                        Attention::Correlative => {
-                            gram_product(first, q, q, tokens, head_dim, qkv_width);
-                            softmax_rows(first, tokens, self.scale);
-                            gram_product(second, k, k, tokens, head_dim, qkv_width);
-                            softmax_rows(second, tokens, self.scale);
-                            add_in_place(first, second);
+                        if index > 0 {
+                            add_in_place(sum, next);
                         }
                     }
-                    let out = shared.at(window * tokens * width + column);
                     product(
                         (tokens, head_dim, tokens),
-                        Strided::rows(out, width),
+                        out,
                         Output::Overwrite,
-                        Strided::rows(first.as_ptr(), tokens),
+                        Strided::rows(sum.as_ptr(), tokens),
                         Strided::rows(v, qkv_width),
                         Parallelism::None,
                     );
@@ -353,6 +383,33 @@ fn quick_gelu_in_place(data: &mut [f32]) {
     }
 }
 
+/// Copies `rows` rows of `len` values, `src_stride` apart, to `dst`'s rows.
+///
+/// # Safety
+/// Both views must address valid, non-overlapping elements for these sizes.
+unsafe fn copy_rows(
+    dst: Strided<*mut f32>,
+    src: *const f32,
+    src_stride: usize,
+    rows: usize,
+    len: usize,
+) {
+    for row in 0..rows {
+        std::ptr::copy_nonoverlapping(
+            src.add(row * src_stride),
+            dst.ptr.add(row * dst.row_stride),
+            len,
+        );
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn scale_and_add(data: &mut [f32], scale: f32, addend: &[f32]) {
+    for (x, &a) in data.iter_mut().zip(addend) {
+        *x = scale * *x + a;
+    }
+}
+
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn add_in_place(sum: &mut [f32], addend: &[f32]) {
     for (s, &a) in sum.iter_mut().zip(addend) {
@@ -391,6 +448,7 @@ fn exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::uniform;
 
     fn relative_error(got: f32, want: f64) -> f64 {
         ((got as f64 - want) / want).abs()
@@ -417,15 +475,11 @@ mod tests {
         assert!(exp(1000.0).is_finite() && exp(1000.0) > 1e38);
     }
 
+    /// Uniform values in [-spread, spread).
     fn pseudo_random(n: usize, spread: f32) -> Vec<f32> {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * spread
-            })
+        uniform(n, 0x2545_f491_4f6c_dd1d)
+            .into_iter()
+            .map(|x| 2.0 * spread * x)
             .collect()
     }
 
@@ -548,7 +602,8 @@ mod tests {
         qkv: &[f32],
         (batch, tokens, heads, head_dim): (usize, usize, usize, usize),
         scale: f64,
-        kind: Attention,
+        mixing: Mixing,
+        bias: Option<&[f32]>,
     ) -> Vec<f64> {
         let width = heads * head_dim;
         let at = |b: usize, t: usize, part: usize, h: usize, d: usize| {
@@ -562,24 +617,36 @@ mod tests {
                         .map(|i| {
                             let scores: Vec<f64> = (0..tokens)
                                 .map(|j| {
-                                    scale
-                                        * (0..head_dim)
-                                            .map(|d| at(b, i, x, h, d) * at(b, j, y, h, d))
-                                            .sum::<f64>()
+                                    let product = (0..head_dim)
+                                        .map(|d| at(b, i, x, h, d) * at(b, j, y, h, d))
+                                        .sum::<f64>();
+                                    scale * product
+                                        + bias.map_or(0.0, |bias| bias[i * tokens + j] as f64)
                                 })
                                 .collect();
                             softmax_f64(&scores)
                         })
                         .collect()
                 };
-                let weights = match kind {
-                    Attention::Standard => map(0, 1),
-                    Attention::Correlative => {
-                        let (qq, kk) = (map(0, 0), map(1, 1));
-                        qq.iter()
-                            .zip(&kk)
-                            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x + y).collect())
-                            .collect()
+                let weights: Vec<Vec<f64>> = match mixing {
+                    Mixing::Identity => (0..tokens)
+                        .map(|i| (0..tokens).map(|j| f64::from(i == j)).collect())
+                        .collect(),
+                    Mixing::Softmax { maps, .. } => {
+                        let mut sum = vec![vec![0.0; tokens]; tokens];
+                        for gram in maps {
+                            let (x, y) = match gram {
+                                Gram::QueryKey => (0, 1),
+                                Gram::QueryQuery => (0, 0),
+                                Gram::KeyKey => (1, 1),
+                            };
+                            for (sum_row, row) in sum.iter_mut().zip(map(x, y)) {
+                                for (s, w) in sum_row.iter_mut().zip(row) {
+                                    *s += w;
+                                }
+                            }
+                        }
+                        sum
                     }
                 };
                 for i in 0..tokens {
@@ -594,31 +661,60 @@ mod tests {
     }
 
     #[test]
-    fn attention_matches_the_definition_for_both_kinds() {
+    fn attention_matches_the_definition_for_every_mixing() {
         let dims @ (batch, tokens, heads, head_dim) = (3, 11, 4, 8);
         let qkv = pseudo_random(batch * tokens * 3 * heads * head_dim, 1.5);
         let scale = 1.0 / (head_dim as f32).sqrt();
-        for kind in [Attention::Standard, Attention::Correlative] {
+        let bias = pseudo_random(tokens * tokens, 2.0);
+        let softmax = |maps| Mixing::Softmax { maps, bias: None };
+        let cases = [
+            (softmax(&[Gram::QueryKey]), None),
+            (softmax(&[Gram::QueryQuery, Gram::KeyKey]), None),
+            (softmax(&[Gram::KeyKey]), Some(bias.as_slice())),
+            (softmax(&[Gram::QueryQuery, Gram::KeyKey]), Some(&bias)),
+            (Mixing::Identity, None),
+        ];
+        for (mixing, bias) in cases {
             let got = attention(
                 &tensor(qkv.clone(), &[batch, tokens, 3 * heads * head_dim]),
                 heads,
                 scale,
-                kind,
+                mixing,
+                bias,
             )
             .unwrap();
             assert_eq!(got.dims(), [batch, tokens, heads * head_dim]);
             let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let want = attention_f64(&qkv, dims, scale as f64, kind);
+            let want = attention_f64(&qkv, dims, scale as f64, mixing, bias);
             for (&g, &w) in got.iter().zip(&want) {
-                assert!((g as f64 - w).abs() < 1e-5, "{kind:?}: {g} vs {w}");
+                assert!(
+                    (g as f64 - w).abs() < 1e-5,
+                    "{mixing:?} bias {}: {g} vs {w}",
+                    bias.is_some()
+                );
             }
         }
     }
 
     #[test]
-    fn attention_refuses_a_width_that_does_not_split_into_heads() {
+    fn attention_refuses_what_it_cannot_compute() {
         let qkv = tensor(vec![0.0; 2 * 3 * 10], &[1, 2, 30]);
-        assert!(attention(&qkv, 4, 1.0, Attention::Standard).is_err());
+        let clip = Mixing::Softmax {
+            maps: &[Gram::QueryKey],
+            bias: None,
+        };
+        assert!(attention(&qkv, 4, 1.0, clip, None).is_err(), "heads");
+        let qkv = tensor(vec![0.0; 2 * 3 * 8], &[1, 2, 24]);
+        assert!(attention(&qkv, 4, 1.0, clip, None).is_ok());
+        assert!(
+            attention(&qkv, 4, 1.0, clip, Some(&[0.0; 3])).is_err(),
+            "bias size"
+        );
+        let no_maps = Mixing::Softmax {
+            maps: &[],
+            bias: None,
+        };
+        assert!(attention(&qkv, 4, 1.0, no_maps, None).is_err(), "no maps");
     }
 
     #[test]

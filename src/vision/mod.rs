@@ -1,5 +1,5 @@
-//! CLIP's vision tower with SCLIP's Correlative Self-Attention in its last block, giving one
-//! L2-normalised, projected feature per patch.
+//! CLIP's vision tower with a training-free last block ([`LastBlock`]: SCLIP's Correlative
+//! Self-Attention unless told otherwise), giving one L2-normalised, projected feature per patch.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,10 +9,14 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::interp::resize_position_grid;
-use crate::load::{tensor, Activation, TowerConfig, VisionConfig};
+use crate::model::config::{Activation, TowerConfig, VisionConfig};
+use crate::model::weights::tensor;
 use crate::text::l2_normalize;
 
 mod cpu_kernels;
+pub mod last_block;
+
+pub use last_block::{Gram, LastBlock, LogitBias, Mixing};
 
 /// A linear layer run as one GEMM over the tokens of every window in the batch, with its weight
 /// stored transposed (in x out, row-major). candle's `Linear` multiplies a 3-D input window by
@@ -152,8 +156,9 @@ impl EncoderLayer {
         })
     }
 
-    /// The attention of `ln1(xs)`, heads merged: batch x tokens x hidden.
-    fn attend(&self, xs: &Tensor, kind: Attention) -> Result<Tensor> {
+    /// The attention of `ln1(xs)` as `mixing` mixes it, heads merged: batch x tokens x hidden.
+    /// `bias` is the mixing's logit bias as a tokens x tokens matrix, if it has one.
+    fn attend(&self, xs: &Tensor, mixing: Mixing, bias: Option<&[f32]>) -> Result<Tensor> {
         let qkv = self.qkv.forward(&self.layer_norm1.forward(xs)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         if cpu_kernels::applies(&qkv) {
@@ -161,7 +166,8 @@ impl EncoderLayer {
                 &qkv,
                 self.num_heads,
                 scale as f32,
-                kind,
+                mixing,
+                bias,
             )?);
         }
         let (batch, tokens, _) = qkv.dims3()?;
@@ -172,41 +178,56 @@ impl EncoderLayer {
         let per_head = (batch * self.num_heads, tokens, self.head_dim);
         let [q, k, v] = [0, 1, 2].map(|part| qkv.get(part).and_then(|t| t.reshape(per_head)));
         let (q, k, v) = (q?, k?, v?);
-        let softmax_of = |a: &Tensor, b: &Tensor| -> Result<Tensor> {
-            Ok(candle_nn::ops::softmax_last_dim(
-                &(a.matmul(&b.t()?)? * scale)?,
-            )?)
+        let mixed = match mixing {
+            Mixing::Identity => v,
+            Mixing::Softmax { maps, .. } => {
+                let bias = bias
+                    .map(|bias| {
+                        Tensor::from_slice(bias, (1, tokens, tokens), qkv.device())?
+                            .to_dtype(qkv.dtype())
+                    })
+                    .transpose()?;
+                let mut sum: Option<Tensor> = None;
+                for gram in maps {
+                    let (a, b) = match gram {
+                        Gram::QueryKey => (&q, &k),
+                        Gram::QueryQuery => (&q, &q),
+                        Gram::KeyKey => (&k, &k),
+                    };
+                    let mut logits = (a.matmul(&b.t()?)? * scale)?;
+                    if let Some(bias) = &bias {
+                        logits = logits.broadcast_add(bias)?;
+                    }
+                    let map = candle_nn::ops::softmax_last_dim(&logits)?;
+                    sum = Some(match sum {
+                        Some(sum) => (sum + map)?,
+                        None => map,
+                    });
+                }
+                sum.context("an attention needs at least one map")?
+                    .matmul(&v)?
+            }
         };
-        let weights = match kind {
-            Attention::Standard => softmax_of(&q, &k)?,
-            Attention::Correlative => (softmax_of(&q, &q)? + softmax_of(&k, &k)?)?,
-        };
-        Ok(weights
-            .matmul(&v)?
+        Ok(mixed
             .reshape((batch, self.num_heads, tokens, self.head_dim))?
             .transpose(1, 2)?
             .reshape((batch, tokens, self.num_heads * self.head_dim))?)
     }
 
-    /// The pre-LN block with the given attention; residuals and MLP as in CLIP.
-    fn forward(&self, xs: &Tensor, kind: Attention) -> Result<Tensor> {
-        let xs = (xs + self.out_proj.forward(&self.attend(xs, kind)?)?)?;
+    /// The pre-LN block as `block` says: residuals and MLP as in CLIP, or the attention alone.
+    fn forward(&self, xs: &Tensor, block: &LastBlock, bias: Option<&[f32]>) -> Result<Tensor> {
+        let attended = self
+            .out_proj
+            .forward(&self.attend(xs, block.mixing, bias)?)?;
+        if !block.residual_and_mlp {
+            return Ok(attended);
+        }
+        let xs = (xs + attended)?;
         Ok((&xs + self.mlp.forward(&self.layer_norm2.forward(&xs)?)?)?)
     }
 }
 
-/// Which attention map a block uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Attention {
-    /// CLIP's own: softmax(q k^T / sqrt(d)) v.
-    Standard,
-    /// SCLIP's Correlative Self-Attention, in the last block:
-    /// (softmax(q q^T / sqrt(d)) + softmax(k k^T / sqrt(d))) v, the two softmaxes summed without
-    /// renormalising.
-    Correlative,
-}
-
-/// The vision tower of a CLIP checkpoint, run SCLIP's way.
+/// The vision tower of a CLIP checkpoint, its last block replaceable.
 pub struct VisionTower {
     patch_embedding: Tensor,
     class_embedding: Tensor,
@@ -302,10 +323,11 @@ impl VisionTower {
         Ok(positions)
     }
 
-    /// `pixels`: batch x 3 x h x w normalised windows, all of one size. Returns
+    /// `pixels`: batch x 3 x h x w normalised windows, all of one size, the last block computed as
+    /// `last_block` says (the others are CLIP's). Returns
     /// batch x (gh*gw) x projection_dim unit-length patch features, gh = h / patch, gw = w / patch
     /// (rows and columns past the last whole patch are not seen, as with a strided conv).
-    pub fn patch_features(&self, pixels: &Tensor) -> Result<Tensor> {
+    pub fn patch_features(&self, pixels: &Tensor, last_block: &LastBlock) -> Result<Tensor> {
         let (batch, channels, height, width) = pixels.dims4()?;
         let patch = self.config.patch_size;
         let (grid_h, grid_w) = (height / patch, width / patch);
@@ -334,11 +356,17 @@ impl VisionTower {
         let xs = Tensor::cat(&[&class_token, &patch_tokens], 1)?
             .broadcast_add(&self.position_embeddings(grid_h, grid_w)?)?;
         let mut xs = self.pre_layernorm.forward(&xs)?;
-        let (last, standard) = self.layers.split_last().expect("config has >= 1 layer");
-        for layer in standard {
-            xs = layer.forward(&xs, Attention::Standard)?;
+        let (last, clip_layers) = self.layers.split_last().expect("config has >= 1 layer");
+        for layer in clip_layers {
+            xs = layer.forward(&xs, &LastBlock::CLIP, None)?;
         }
-        let xs = last.forward(&xs, Attention::Correlative)?;
+        let bias = match last_block.mixing {
+            Mixing::Softmax {
+                bias: Some(bias), ..
+            } => Some(bias.matrix(grid_h, grid_w)),
+            _ => None,
+        };
+        let xs = last.forward(&xs, last_block, bias.as_deref())?;
         let xs = self.post_layernorm.forward(&xs)?;
         let patches = grid_h * grid_w;
         let projected = xs
@@ -353,50 +381,54 @@ impl VisionTower {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::load::{open_weights, resolve_model, ClipConfig};
-
-    fn fixture_tower(dtype: DType) -> VisionTower {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model");
-        let files = resolve_model(dir.to_str().unwrap(), "main").unwrap();
-        let config = ClipConfig::from_file(&files.config).unwrap();
-        let weights = open_weights(&files.weights, dtype, &Device::Cpu).unwrap();
-        VisionTower::load(&weights, &config.vision, config.projection_dim).unwrap()
-    }
+    use crate::test_support::{fixture_model, max_abs_difference};
 
     /// f16 runs candle's own ops (the path CUDA takes), f32 the CPU kernels: the two must
     /// compute the same features, for the trained window size and another one, up to f16's
-    /// rounding (a head or token mixed up would move features by tenths).
+    /// rounding (a head or token mixed up would move features by tenths), for every kind of
+    /// last block.
     #[test]
     fn cpu_kernels_agree_with_candles_ops() {
-        let (fast, generic) = (fixture_tower(DType::F32), fixture_tower(DType::F16));
-        for (height, width) in [(224, 224), (160, 96)] {
-            let count = 3 * 3 * height * width;
-            let pixels = Tensor::arange(0u32, count as u32, &Device::Cpu)
-                .and_then(|t| t.to_dtype(DType::F32))
-                .and_then(|t| (t * 0.37)?.sin())
-                .and_then(|t| t.reshape((3, 3, height, width)))
-                .unwrap();
-            let fast = fast.patch_features(&pixels).unwrap();
-            let generic = generic
-                .patch_features(&pixels)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap();
-            assert_eq!(fast.dims(), generic.dims());
-            let worst = (fast - generic)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(worst < 1e-2, "{height}x{width}: max |diff| {worst:e}");
+        let (fast, generic) = (fixture_model(DType::F32), fixture_model(DType::F16));
+        let neighbourly = LastBlock {
+            mixing: Mixing::Softmax {
+                maps: &[Gram::KeyKey],
+                bias: Some(LogitBias::Gaussian { std: 2.0 }),
+            },
+            residual_and_mlp: false,
+        };
+        let identity = LastBlock {
+            mixing: Mixing::Identity,
+            residual_and_mlp: true,
+        };
+        for block in [LastBlock::SCLIP, LastBlock::CLIP, neighbourly, identity] {
+            for (height, width) in [(224, 224), (160, 96)] {
+                let count = 3 * 3 * height * width;
+                let pixels = Tensor::arange(0u32, count as u32, &Device::Cpu)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .and_then(|t| (t * 0.37)?.sin())
+                    .and_then(|t| t.reshape((3, 3, height, width)))
+                    .unwrap();
+                let fast = fast.vision().patch_features(&pixels, &block).unwrap();
+                let generic = generic.vision().patch_features(&pixels, &block).unwrap();
+                assert_eq!(fast.dims(), generic.dims());
+                let worst = max_abs_difference(&fast, &generic);
+                assert!(
+                    worst < 1e-2,
+                    "{block:?} {height}x{width}: max |diff| {worst:e}"
+                );
+            }
         }
+    }
+
+    /// The last block must matter: features with CLIP's block differ from SCLIP's.
+    #[test]
+    fn the_last_block_changes_the_features() {
+        let model = fixture_model(DType::F32);
+        let pixels = Tensor::ones((1, 3, 64, 64), DType::F32, &Device::Cpu).unwrap();
+        let features = |block: &LastBlock| model.vision().patch_features(&pixels, block).unwrap();
+        let moved = max_abs_difference(&features(&LastBlock::SCLIP), &features(&LastBlock::CLIP));
+        assert!(moved > 1e-3, "{moved}");
     }
 }

@@ -1,12 +1,14 @@
-//! The streaming run: decoding and resizing happen on their own thread pool ahead of the model,
-//! the model thread fills each forward pass with windows from as many images as it takes
-//! (`--batch-size` windows, across image boundaries), and a finishing thread post-processes and
-//! writes each image while the model works on the next ones.
+//! Many images through one [`Segmenter`], as a stream: decoding and resizing happen on their own
+//! thread pool ahead of the model, the model thread fills each forward pass with windows from as
+//! many images as it takes (the batch size, across image boundaries), and a finishing thread
+//! post-processes each image and hands it to the caller's sink while the model works on the
+//! next ones.
 //!
-//! Every stage hands over through a bounded channel, so however many images a run has, only a
-//! few are in memory at once. Images finish, and are reported, in input order.
+//! Every stage hands over through a bounded channel, so however many images a stream has, only
+//! a few are in memory at once. Images reach the sink in input order.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
@@ -14,48 +16,80 @@ use std::time::Instant;
 use anyhow::{anyhow, Context, Result};
 use rayon::prelude::*;
 
-use super::Job;
-use crate::output::overlay::{render_overlay, write_overlay, LegendEntry};
-use crate::output::{voc_palette, write_label_png, write_npy_f32};
 use crate::postprocess::Segmentation;
 use crate::preprocess::{load_image, RgbImage};
-use crate::segment::{PreparedImage, Segmenter, WindowCrop};
+use crate::segmenter::{PreparedImage, Segmenter, WindowCrop};
 use crate::slide::LogitCanvas;
 
-#[derive(Debug, Clone)]
-pub struct PipelineOptions {
-    /// Images whose header declares more pixels are refused before decoding.
+/// Where a stream's images come from, by index: files on disk ([`ImageFiles`]), a dataset's
+/// split, images already in memory.
+pub trait ImageSource: Sync {
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Image `index`, decoded; called from the decoding threads.
+    fn load(&self, index: usize) -> Result<RgbImage>;
+}
+
+/// Image files, read with [`load_image`].
+pub struct ImageFiles<P> {
+    pub paths: Vec<P>,
+    /// Files whose header declares more pixels are refused before decoding.
     pub max_pixels: u64,
+}
+
+impl<P: AsRef<Path> + Sync> ImageSource for ImageFiles<P> {
+    fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    fn load(&self, index: usize) -> Result<RgbImage> {
+        load_image(self.paths[index].as_ref(), self.max_pixels)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
     /// Threads decoding and resizing ahead of the model.
     pub decode_threads: usize,
-    /// Opacity of the class colours in overlays.
-    pub overlay_alpha: f32,
-    /// Stop at the first failure: set `stop`, and write nothing after it.
+    /// Hand each decoded image to the sink with its result (to draw overlays, say).
+    pub keep_images: bool,
+    /// Stop at the first failure: set `stop`, and hand over no success after it.
     pub fail_fast: bool,
 }
 
-/// What became of one image that was segmented and written.
+/// One image's result.
 #[derive(Debug, Clone)]
-pub struct Outcome {
-    pub width: usize,
-    pub height: usize,
-    /// From the start of its decoding to its last output written (stages of other images
-    /// overlap with it, so these add up to more than the run's time).
-    pub seconds: f64,
-    /// (class index, fraction of the pixels) for every class in the mask, largest first.
-    pub present: Vec<(usize, f64)>,
+pub struct ImageResult {
+    pub segmentation: Segmentation,
+    /// The decoded image, with [`StreamOptions::keep_images`].
+    pub image: Option<RgbImage>,
+    /// When its decoding started (stages of other images overlap with it).
+    pub started: Instant,
 }
 
-/// Segments `jobs` in order, calling `on_done` for each image as it finishes or fails, in input
-/// order, from another thread. Setting `stop` (the caller's Ctrl-C handler) stops feeding the
-/// model: images already being written are finished, the others are dropped without a trace.
-/// With `fail_fast` the pipeline sets `stop` itself at the first failure and writes nothing more.
+/// What the sink made of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Succeeded,
+    /// It failed in the stream or in the sink (an output that could not be written, say).
+    Failed,
+}
+
+/// Segments `source`'s images in order, handing each one's index and result (or the error that
+/// stopped it) to `sink` in input order, from another thread. Setting `stop` (a Ctrl-C
+/// handler, say) stops feeding the model: images already finished are still handed over, the
+/// others are dropped without a trace. With `fail_fast` the stream sets `stop` itself at the
+/// first failure, the sink's included, and hands over no success after it.
 pub fn run(
     segmenter: &Segmenter,
-    jobs: &[Job],
-    options: &PipelineOptions,
+    source: &dyn ImageSource,
+    options: &StreamOptions,
     stop: &AtomicBool,
-    on_done: &mut (dyn FnMut(&Job, Result<Outcome>) + Send),
+    sink: &mut (dyn FnMut(usize, Result<ImageResult>) -> Ending + Send),
 ) -> Result<()> {
     let decode_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.decode_threads.max(1))
@@ -66,17 +100,17 @@ pub fn run(
     std::thread::scope(|scope| {
         let (decoded_tx, decoded_rx) = sync_channel(lookahead);
         let (finished_tx, finished_rx) = sync_channel(2);
-        scope.spawn(|| decode_all(segmenter, jobs, options, &decode_pool, stop, decoded_tx));
-        scope.spawn(|| finish_all(segmenter, jobs, options, stop, finished_rx, on_done));
+        scope.spawn(|| decode_all(segmenter, source, options, &decode_pool, stop, decoded_tx));
+        scope.spawn(|| finish_all(segmenter, options, stop, finished_rx, sink));
         run_model(segmenter, options, decoded_rx, finished_tx, stop);
     });
     Ok(())
 }
 
-/// An image ready for the model, with the photo itself kept only when an overlay needs it.
+/// An image ready for the model, with the decoded image kept only when the sink wants it.
 struct Decoded {
     prepared: PreparedImage,
-    photo: Option<RgbImage>,
+    image: Option<RgbImage>,
 }
 
 /// One image on its way through the pipeline: where it came from, when it started, and its data
@@ -89,29 +123,29 @@ struct Tracked<T> {
 
 fn decode_all(
     segmenter: &Segmenter,
-    jobs: &[Job],
-    options: &PipelineOptions,
+    source: &dyn ImageSource,
+    options: &StreamOptions,
     pool: &rayon::ThreadPool,
     stop: &AtomicBool,
     decoded: SyncSender<Tracked<Decoded>>,
 ) {
     let lookahead = pool.current_num_threads();
-    for (chunk_number, chunk) in jobs.chunks(lookahead).enumerate() {
+    for chunk_start in (0..source.len()).step_by(lookahead) {
         if stop.load(Ordering::Relaxed) {
             return;
         }
+        let chunk_end = (chunk_start + lookahead).min(source.len());
         let results: Vec<Tracked<Decoded>> = pool.install(|| {
-            chunk
-                .par_iter()
-                .enumerate()
-                .map(|(offset, job)| {
+            (chunk_start..chunk_end)
+                .into_par_iter()
+                .map(|index| {
                     let started = Instant::now();
-                    let state = load_image(&job.image, options.max_pixels).map(|photo| Decoded {
-                        prepared: segmenter.prepare(&photo),
-                        photo: job.overlay.is_some().then_some(photo),
+                    let state = source.load(index).map(|image| Decoded {
+                        prepared: segmenter.prepare(&image),
+                        image: options.keep_images.then_some(image),
                     });
                     Tracked {
-                        index: chunk_number * lookahead + offset,
+                        index,
                         started,
                         state,
                     }
@@ -144,7 +178,7 @@ type Finished = Tracked<(Decoded, LogitCanvas)>;
 
 fn run_model(
     segmenter: &Segmenter,
-    options: &PipelineOptions,
+    options: &StreamOptions,
     decoded: Receiver<Tracked<Decoded>>,
     finished: SyncSender<Finished>,
     stop: &AtomicBool,
@@ -297,93 +331,22 @@ fn forward(
 
 fn finish_all(
     segmenter: &Segmenter,
-    jobs: &[Job],
-    options: &PipelineOptions,
+    options: &StreamOptions,
     stop: &AtomicBool,
     finished: Receiver<Finished>,
-    on_done: &mut (dyn FnMut(&Job, Result<Outcome>) + Send),
+    sink: &mut (dyn FnMut(usize, Result<ImageResult>) -> Ending + Send),
 ) {
     for image in finished {
         if options.fail_fast && stop.load(Ordering::SeqCst) && image.state.is_ok() {
             continue;
         }
-        let job = &jobs[image.index];
-        let outcome = image.state.and_then(|(decoded, canvas)| {
-            let segmentation = segmenter.finish(canvas, &decoded.prepared);
-            write_outputs(
-                segmenter,
-                job,
-                &segmentation,
-                decoded.photo.as_ref(),
-                options,
-            )?;
-            Ok(Outcome {
-                width: segmentation.width,
-                height: segmentation.height,
-                seconds: image.started.elapsed().as_secs_f64(),
-                present: present_classes(&segmentation),
-            })
+        let result = image.state.map(|(decoded, canvas)| ImageResult {
+            segmentation: segmenter.finish(canvas, &decoded.prepared),
+            image: decoded.image,
+            started: image.started,
         });
-        let failed = outcome.is_err();
-        on_done(job, outcome);
-        if failed && options.fail_fast {
+        if sink(image.index, result) == Ending::Failed && options.fail_fast {
             stop.store(true, Ordering::SeqCst);
         }
     }
-}
-
-fn present_classes(segmentation: &Segmentation) -> Vec<(usize, f64)> {
-    let total = (segmentation.width * segmentation.height) as f64;
-    let mut present: Vec<(usize, f64)> = segmentation
-        .class_pixels
-        .iter()
-        .enumerate()
-        .filter(|(_, &pixels)| pixels > 0)
-        .map(|(class, &pixels)| (class, pixels as f64 / total))
-        .collect();
-    present.sort_by(|a, b| b.1.total_cmp(&a.1));
-    present
-}
-
-fn write_outputs(
-    segmenter: &Segmenter,
-    job: &Job,
-    segmentation: &Segmentation,
-    photo: Option<&RgbImage>,
-    options: &PipelineOptions,
-) -> Result<()> {
-    for dir in job.outputs().filter_map(|path| path.parent()) {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-        }
-    }
-    let (width, height) = (segmentation.width, segmentation.height);
-    write_label_png(&job.mask, &segmentation.labels, width as u32, height as u32)?;
-    if let (Some(path), Some(probs)) = (&job.probs, &segmentation.probs) {
-        let classes = probs.len() / (width * height);
-        write_npy_f32(path, &[classes, height, width], probs)?;
-    }
-    if let (Some(path), Some(photo)) = (&job.overlay, photo) {
-        let palette = voc_palette();
-        let legend: Vec<LegendEntry> = segmentation
-            .class_pixels
-            .iter()
-            .enumerate()
-            .filter(|(_, &pixels)| pixels > 0)
-            .map(|(class, _)| LegendEntry {
-                name: segmenter.classes().display_name(class),
-                colour: palette[class],
-            })
-            .collect();
-        let overlay = render_overlay(
-            photo,
-            &segmentation.labels,
-            &palette,
-            options.overlay_alpha,
-            &legend,
-        );
-        write_overlay(path, &overlay)?;
-    }
-    Ok(())
 }

@@ -9,9 +9,12 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::pipeline::Outcome;
-use super::Job;
-use crate::classes::ClassList;
+use sclip::memory::peak_rss_mib;
+use sclip::text::queries::{CacheUse, TextStats};
+use sclip::ClassList;
+
+use crate::jobs::Job;
+use crate::messages::one_line;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -27,6 +30,18 @@ pub struct Counts {
     pub ok: usize,
     pub skipped: usize,
     pub failed: usize,
+}
+
+/// What became of one image that was segmented and written.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub width: usize,
+    pub height: usize,
+    /// From the start of its decoding to its last output written (stages of other images
+    /// overlap with it, so these add up to more than the run's time).
+    pub seconds: f64,
+    /// (class index, fraction of the pixels) for every class in the mask, largest first.
+    pub present: Vec<(usize, f64)>,
 }
 
 /// Facts about the run that the summary reports besides the counts.
@@ -221,7 +236,7 @@ impl<'a> Reporter<'a> {
                     "not_started": facts.not_started,
                     "interrupted": facts.interrupted,
                     "seconds": round_ms(seconds),
-                    "images_per_second": (per_second * 1000.0).round() / 1000.0,
+                    "images_per_second": round_ms(per_second),
                     "setup_seconds": round_ms(facts.setup_seconds),
                     "text": facts.text,
                     "peak_rss_mib": peak_rss_mib().map(f64::round),
@@ -290,30 +305,38 @@ fn display(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn round_ms(seconds: f64) -> f64 {
-    (seconds * 1000.0).round() / 1000.0
+/// Three decimals: milliseconds for seconds, and as much for rates.
+fn round_ms(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
 }
 
-/// An error and its causes on one line. Some library errors (candle's, with RUST_BACKTRACE set)
-/// carry a backtrace on later lines, which is noise to a user.
-pub fn one_line(err: &anyhow::Error) -> String {
-    err.chain()
-        .map(|cause| {
-            cause
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(": ")
+/// `--verbose`'s line on the text queries.
+pub fn describe_text(stats: &TextStats) -> String {
+    let origin = match stats.cache {
+        CacheUse::Hit => "read from the cache",
+        CacheUse::Miss if stats.store_error.is_none() => "encoded and cached",
+        CacheUse::Miss | CacheUse::Off => "encoded",
+    };
+    let mut line = format!(
+        "text queries for {} names {origin} in {:.2} s",
+        stats.names, stats.seconds
+    );
+    if let Some(error) = &stats.store_error {
+        line.push_str(&format!(" (not cached: {error})"));
+    }
+    line
 }
 
-/// The high-water mark of this process's resident memory, in MiB (Linux only).
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+/// The text queries in the `--json` summary.
+pub fn text_json(stats: &TextStats) -> Value {
+    let cache = match stats.cache {
+        CacheUse::Hit => "hit",
+        CacheUse::Miss => "miss",
+        CacheUse::Off => "off",
+    };
+    json!({
+        "names": stats.names,
+        "cache": cache,
+        "seconds": round_ms(stats.seconds),
+    })
 }

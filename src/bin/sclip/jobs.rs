@@ -1,17 +1,12 @@
-//! Many images in, masks out: [`inputs`] finds the images, [`plan_jobs`] decides where each
-//! one's outputs go (refusing plans that would overwrite an input or write one file twice),
-//! [`pipeline`] streams them through the model, and [`report`] tells the user what happened.
-
-pub mod inputs;
-pub mod pipeline;
-pub mod report;
+//! Where each image's outputs go: [`plan_jobs`] turns the images found into jobs, refusing
+//! plans that would overwrite an input or write one file twice, before any work is done.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use inputs::{mirrored_output, Input};
+use crate::inputs::{mirrored_output, Input};
 
 /// What to write for every image, and where.
 #[derive(Debug, Clone)]

@@ -1,0 +1,230 @@
+//! The command line: one documented field per flag, and how the flags map onto the library's
+//! values. Defaults that the library owns are read from it, never restated.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use sclip::{Overrides, Settings, DEFAULT_MAX_PIXELS, DEFAULT_MODEL};
+
+use crate::jobs::{OutputOptions, OverlayFormat};
+
+/// The class list the usage messages suggest.
+pub const CLASSES_EXAMPLE: &str = "dog,boat,water";
+
+#[derive(Parser)]
+#[command(
+    name = "sclip",
+    version,
+    about = "Segment images by free-text class names with CLIP and SCLIP's Correlative Self-Attention (no training)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Segment images and folders of images: writes <stem>.png per image, an 8-bit paletted PNG
+    /// whose pixel values are class indices.
+    ///
+    /// Exit status: 0 when every image was segmented (or skipped), 1 when any failed, 2 for
+    /// usage errors, 130 when interrupted.
+    Segment(Box<SegmentArgs>),
+    /// List the benchmark presets, or print one preset's class file (to copy and edit).
+    Presets {
+        /// A preset's name, e.g. voc21.
+        name: Option<String>,
+    },
+}
+
+/// "[default: 40, or the preset's]": a default that a preset may change, read from the library.
+fn preset_default(help: &str, default: impl std::fmt::Display) -> String {
+    format!("{help} [default: {default}, or the preset's]")
+}
+
+#[derive(Args)]
+pub struct SegmentArgs {
+    /// Images and folders of images (folders need --out). Files in folders are kept by content,
+    /// whatever their extension: JPEG, PNG, WebP, BMP, TIFF, GIF, ...
+    #[arg(value_name = "PATH", required_unless_present = "files_from")]
+    pub images: Vec<PathBuf>,
+
+    /// Walk folders recursively.
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// Read more paths from FILE ('-' for stdin), one a line.
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
+
+    /// Paths in --files-from are separated by NUL bytes (find -print0, fd -0).
+    #[arg(short = '0', long = "null", requires = "files_from")]
+    pub null: bool,
+
+    /// Process only shard K of N (1-based): images are split by a stable hash of their relative
+    /// path, so N jobs with K = 1..N cover every image exactly once, with no coordination.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<crate::inputs::Shard>,
+
+    /// Classes, comma-separated; a class's synonyms separated by '|': "person,car|automobile,road".
+    /// With thresholds, the first class is the background.
+    #[arg(short, long, value_name = "LIST", conflicts_with = "classes_file")]
+    pub classes: Option<String>,
+
+    /// File with one class per line, its names comma-separated; '#' starts a comment.
+    #[arg(long, value_name = "FILE")]
+    pub classes_file: Option<PathBuf>,
+
+    /// A benchmark's classes and settings (see `sclip presets`); the options given explicitly
+    /// override it.
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+
+    /// Hugging Face repo id (downloaded once, then cached) or a local folder holding
+    /// config.json, tokenizer.json and model.safetensors (or pytorch_model.bin).
+    #[arg(short, long, default_value = DEFAULT_MODEL, value_name = "REPO|DIR")]
+    pub model: String,
+
+    /// Hub revision (branch, tag or commit) when --model is a repo id.
+    #[arg(long, default_value = "main", value_name = "REV")]
+    pub revision: String,
+
+    /// Folder for the outputs, mirroring the inputs' folders [default: beside each image].
+    #[arg(short, long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// Also write <stem>.probs.npy: float32 per-class scores, classes x height x width.
+    #[arg(long)]
+    pub save_probs: bool,
+
+    /// Also write <stem>.overlay.jpg (or .png): the photo blended with the mask, and a legend.
+    #[arg(long, value_enum, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "jpg")]
+    pub overlay: Option<OverlayKind>,
+
+    /// Opacity of the class colours in overlays, 0 to 1.
+    #[arg(long, default_value_t = 0.5, value_name = "A")]
+    pub alpha: f32,
+
+    /// Skip images whose outputs all exist, so an interrupted run resumes where it stopped.
+    #[arg(long)]
+    pub skip_existing: bool,
+
+    /// Stop at the first image that fails.
+    #[arg(long)]
+    pub fail_fast: bool,
+
+    /// Refuse images whose header declares more pixels than this (decompression bombs).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_name = "N")]
+    pub max_pixels: u64,
+
+    /// One JSON object a line on stdout per image, then a summary object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Print only errors (and --json objects): no per-image lines, progress bar or summary.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Also say where the text queries came from and how long setup took.
+    #[arg(short, long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// Neither read nor write the on-disk text query cache.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    #[arg(long, value_name = "X", help = preset_default(
+        "Multiplies the cosine similarities before the softmax over class names",
+        Settings::DEFAULT.postprocess.logit_scale,
+    ))]
+    pub logit_scale: Option<f32>,
+
+    #[arg(long, value_name = "Y", help = preset_default(
+        "Pixels whose best class score is below this become class 0 (background)",
+        Settings::DEFAULT.postprocess.prob_thd,
+    ))]
+    pub prob_thd: Option<f32>,
+
+    /// Drop non-background classes covering at most this fraction of the non-background area
+    /// [default: off, or the preset's].
+    #[arg(long, value_name = "Z")]
+    pub area_thd: Option<f32>,
+
+    #[arg(long, value_name = "S", help = preset_default(
+        "Short side of the resized image (the long side is capped at 2048)",
+        Settings::DEFAULT.short_side,
+    ))]
+    pub short_side: Option<u32>,
+
+    /// Sliding-window size in pixels.
+    #[arg(long, default_value_t = Settings::DEFAULT.window, value_name = "W")]
+    pub window: usize,
+
+    /// Sliding-window stride in pixels.
+    #[arg(long, default_value_t = Settings::DEFAULT.stride, value_name = "T")]
+    pub stride: usize,
+
+    /// Windows per forward pass, taken across images (memory grows with it).
+    #[arg(long, default_value_t = Settings::DEFAULT.batch_size, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu", value_name = "DEV")]
+    pub device: String,
+
+    /// Floating-point type of the model's weights and activations.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub dtype: Precision,
+}
+
+impl SegmentArgs {
+    /// The settings given on the command line, to apply over a preset's.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            short_side: self.short_side,
+            window: Some(self.window),
+            stride: Some(self.stride),
+            batch_size: Some(self.batch_size),
+            logit_scale: self.logit_scale,
+            prob_thd: self.prob_thd,
+            area_thd: self.area_thd,
+            keep_probs: Some(self.save_probs),
+            last_block: None,
+        }
+    }
+
+    pub fn output_options(&self) -> OutputOptions {
+        OutputOptions {
+            out: self.out.clone(),
+            save_probs: self.save_probs,
+            overlay: self.overlay.map(|kind| match kind {
+                OverlayKind::Jpg => OverlayFormat::Jpeg,
+                OverlayKind::Png => OverlayFormat::Png,
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OverlayKind {
+    Jpg,
+    Png,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<Precision> for sclip::DType {
+    fn from(precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => sclip::DType::F32,
+            Precision::F16 => sclip::DType::F16,
+            Precision::Bf16 => sclip::DType::BF16,
+        }
+    }
+}

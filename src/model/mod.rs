@@ -1,0 +1,91 @@
+//! A CLIP checkpoint loaded once: [`files`] finds it (a folder or the hub's cache), [`config`]
+//! reads its sizes, [`weights`] its tensors, and [`Model`] holds the vision tower ready to run
+//! with the weights still open for the text tower, which only a text query cache miss needs.
+
+pub mod config;
+pub mod device;
+pub mod files;
+pub mod weights;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+pub use config::ClipConfig;
+pub use device::{parse_device, DeviceError};
+pub use files::{resolve_model, ModelFiles, NotCached, WeightsFile, DEFAULT_MODEL};
+
+use crate::text::TextEncoder;
+use crate::vision::VisionTower;
+
+/// A checkpoint's config, its vision tower (loaded in `dtype` on `device`) and its open weights.
+pub struct Model {
+    files: ModelFiles,
+    config: ClipConfig,
+    /// Read from lazily: the text tower is loaded from here only when queries must be encoded.
+    weights: VarBuilder<'static>,
+    vision: VisionTower,
+}
+
+impl Model {
+    /// Reads `config.json`, opens the weights and loads the vision tower.
+    pub fn load(files: ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
+        let config = ClipConfig::from_file(&files.config)?;
+        let weights = weights::open_weights(&files.weights, dtype, device)?;
+        let vision = VisionTower::load(&weights, &config.vision, config.projection_dim)
+            .with_context(|| {
+                format!(
+                    "cannot load the vision tower from {}",
+                    files.weights.path().display()
+                )
+            })?;
+        Ok(Model {
+            files,
+            config,
+            weights,
+            vision,
+        })
+    }
+
+    /// Resolves `model` (a folder, or a hub repo id at `revision`) and loads it.
+    pub fn open(model: &str, revision: &str, device: &Device, dtype: DType) -> Result<Self> {
+        let files = resolve_model(model, revision)?;
+        Model::load(files, device, dtype)
+    }
+
+    /// Loads the text tower and the tokenizer; dropping the encoder frees them.
+    pub fn text_encoder(&self) -> Result<TextEncoder> {
+        TextEncoder::load(
+            &self.weights,
+            &self.config.text,
+            self.config.projection_dim,
+            &self.files.tokenizer,
+        )
+        .with_context(|| {
+            format!(
+                "cannot load the text tower from {}",
+                self.files.weights.path().display()
+            )
+        })
+    }
+
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    pub fn vision(&self) -> &VisionTower {
+        &self.vision
+    }
+
+    pub fn device(&self) -> &Device {
+        self.weights.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.weights.dtype()
+    }
+}

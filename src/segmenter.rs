@@ -1,0 +1,195 @@
+//! One image through the whole method: resize, sliding windows through the vision tower,
+//! per-window logits against the class queries, then post-processing at the original size.
+
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+
+use crate::model::Model;
+use crate::postprocess::{postprocess, Segmentation};
+use crate::preprocess::{
+    normalize_chw, rescaled_size, resize_linear_opencv, RgbImage, MAX_LONG_SIDE,
+};
+use crate::settings::Settings;
+use crate::slide::{window_grid, LogitCanvas, Window};
+use crate::text::queries::ClassQueries;
+
+/// A model, a class list's queries and the settings: everything needed per image.
+pub struct Segmenter<'m> {
+    model: &'m Model,
+    /// projection_dim x queries in the model's dtype, so that patch features times this are
+    /// the logits.
+    queries_t: Tensor,
+    queries: ClassQueries,
+    settings: Settings,
+}
+
+impl<'m> Segmenter<'m> {
+    /// Fails with a [`SettingsError`](crate::SettingsError) when the settings cannot work with
+    /// this model.
+    pub fn new(model: &'m Model, queries: ClassQueries, settings: Settings) -> Result<Self> {
+        settings.validate()?;
+        settings.validate_for_patch(model.config().vision.patch_size)?;
+        let queries_t = queries
+            .matrix()
+            .to_dtype(model.dtype())?
+            .t()?
+            .contiguous()?;
+        Ok(Segmenter {
+            model,
+            queries_t,
+            queries,
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn queries(&self) -> &ClassQueries {
+        &self.queries
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Segments one decoded image at its original size.
+    pub fn segment(&self, image: &RgbImage) -> Result<Segmentation> {
+        let prepared = self.prepare(image);
+        let mut canvas = self.canvas_for(&prepared);
+        for batch in prepared.windows.chunks(self.settings.batch_size) {
+            let crops: Vec<WindowCrop> = batch
+                .iter()
+                .map(|window| WindowCrop {
+                    image: &prepared,
+                    window,
+                })
+                .collect();
+            let logits = self.window_logits(&crops)?;
+            for (window, window_logits) in batch.iter().zip(logits.per_window()) {
+                canvas.add_window(window, window_logits, logits.grid_h, logits.grid_w);
+            }
+        }
+        Ok(self.finish(canvas, &prepared))
+    }
+
+    /// Resizes and normalises an image and lays out its windows: the CPU work that can run
+    /// on other threads while the vision tower is busy with earlier images.
+    pub fn prepare(&self, image: &RgbImage) -> PreparedImage {
+        let (width, height) = image.dimensions();
+        let (resized_w, resized_h) =
+            rescaled_size(width, height, self.settings.short_side, MAX_LONG_SIDE);
+        let resized = resize_linear_opencv(image, resized_w, resized_h);
+        let (resized_w, resized_h) = (resized_w as usize, resized_h as usize);
+        PreparedImage {
+            width: width as usize,
+            height: height as usize,
+            resized_w,
+            resized_h,
+            pixels: normalize_chw(&resized),
+            windows: window_grid(
+                resized_h,
+                resized_w,
+                self.settings.window,
+                self.settings.stride,
+            ),
+        }
+    }
+
+    /// An empty canvas to gather a prepared image's window logits on.
+    pub fn canvas_for(&self, prepared: &PreparedImage) -> LogitCanvas {
+        LogitCanvas::new(
+            self.queries.query_class().len(),
+            prepared.resized_h,
+            prepared.resized_w,
+        )
+    }
+
+    /// Post-processing once every window of the image is on its canvas.
+    pub fn finish(&self, canvas: LogitCanvas, prepared: &PreparedImage) -> Segmentation {
+        postprocess(
+            &canvas.finish(),
+            self.queries.query_class(),
+            self.queries.classes().len(),
+            prepared.width,
+            prepared.height,
+            &self.settings.postprocess,
+            self.settings.keep_probs,
+        )
+    }
+
+    /// Runs same-sized windows (of one image or several) as one batch through the vision tower
+    /// and scores their patches against the class queries.
+    pub fn window_logits(&self, crops: &[WindowCrop]) -> Result<BatchLogits> {
+        let (win_h, win_w) = (crops[0].window.height, crops[0].window.width);
+        let mut batch = Vec::with_capacity(crops.len() * 3 * win_h * win_w);
+        for crop in crops {
+            assert_eq!(
+                (crop.window.height, crop.window.width),
+                (win_h, win_w),
+                "one batch holds windows of one size"
+            );
+            let plane = crop.image.resized_w * crop.image.resized_h;
+            for channel in 0..3 {
+                for row in crop.window.top..crop.window.top + win_h {
+                    let start = channel * plane + row * crop.image.resized_w + crop.window.left;
+                    batch.extend_from_slice(&crop.image.pixels[start..start + win_w]);
+                }
+            }
+        }
+        let vision = self.model.vision();
+        let batch = Tensor::from_vec(batch, (crops.len(), 3, win_h, win_w), vision.device())?;
+        let features = vision.patch_features(&batch, &self.settings.last_block)?;
+        let (count, patches, dim) = features.dims3()?;
+        let patch = vision.patch_size();
+        let data = features
+            .reshape((count * patches, dim))?
+            .matmul(&self.queries_t)?
+            .reshape((count, patches, ()))?
+            .transpose(1, 2)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(BatchLogits {
+            grid_h: win_h / patch,
+            grid_w: win_w / patch,
+            queries: self.queries.query_class().len(),
+            data,
+        })
+    }
+}
+
+/// An image ready for the vision tower: its original size, the normalised resized pixels and
+/// the windows over them.
+pub struct PreparedImage {
+    pub width: usize,
+    pub height: usize,
+    resized_w: usize,
+    resized_h: usize,
+    /// 3 x resized_h x resized_w, normalised.
+    pixels: Vec<f32>,
+    pub windows: Vec<Window>,
+}
+
+/// One window of one prepared image, as a member of a batch.
+pub struct WindowCrop<'a> {
+    pub image: &'a PreparedImage,
+    pub window: &'a Window,
+}
+
+/// The logits of a batch of windows: per window, queries x grid_h x grid_w cosine similarities.
+pub struct BatchLogits {
+    pub grid_h: usize,
+    pub grid_w: usize,
+    queries: usize,
+    data: Vec<f32>,
+}
+
+impl BatchLogits {
+    /// Each window's logits, in the batch's order.
+    pub fn per_window(&self) -> impl Iterator<Item = &[f32]> {
+        self.data
+            .chunks_exact(self.queries * self.grid_h * self.grid_w)
+    }
+}

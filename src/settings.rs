@@ -1,0 +1,293 @@
+//! How an image is segmented, apart from the model and the classes: the resize, the sliding
+//! window, the batch, the post-processing and the last block. The defaults are the paper's
+//! (spec sections 3-5); a benchmark [`Preset`] sets its own resize and post-processing, and
+//! [`Overrides`] set any field over both.
+
+use crate::postprocess::PostprocessParams;
+use crate::presets::Preset;
+use crate::vision::LastBlock;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The resized image's short side (before the 2048 long-side cap).
+    pub short_side: u32,
+    /// The sliding window's side, in pixels of the resized image.
+    pub window: usize,
+    pub stride: usize,
+    /// Windows per forward pass, taken across images when a stream has several.
+    pub batch_size: usize,
+    pub postprocess: PostprocessParams,
+    /// Keep the final per-class scores in each [`Segmentation`](crate::Segmentation).
+    pub keep_probs: bool,
+    /// What the vision tower's last block computes.
+    pub last_block: LastBlock,
+}
+
+impl Settings {
+    /// SCLIP's defaults: short side 336, 224-pixel windows at stride 112, logit scale 40, no
+    /// thresholds, Correlative Self-Attention.
+    pub const DEFAULT: Settings = Settings {
+        short_side: 336,
+        window: 224,
+        stride: 112,
+        batch_size: 8,
+        postprocess: PostprocessParams {
+            logit_scale: 40.0,
+            prob_thd: 0.0,
+            area_thd: None,
+        },
+        keep_probs: false,
+        last_block: LastBlock::SCLIP,
+    };
+
+    /// The defaults with `preset`'s resize and post-processing, if given, and then every
+    /// override that is set; checked with [`Settings::validate`].
+    pub fn resolve(
+        preset: Option<&Preset>,
+        overrides: &Overrides,
+    ) -> Result<Settings, SettingsError> {
+        let mut settings = Settings::DEFAULT;
+        if let Some(preset) = preset {
+            settings.short_side = preset.short_side;
+            settings.postprocess = PostprocessParams {
+                logit_scale: preset.logit_scale,
+                prob_thd: preset.prob_thd,
+                area_thd: preset.area_thd,
+            };
+        }
+        let Overrides {
+            short_side,
+            window,
+            stride,
+            batch_size,
+            logit_scale,
+            prob_thd,
+            area_thd,
+            keep_probs,
+            last_block,
+        } = *overrides;
+        let post = &mut settings.postprocess;
+        post.logit_scale = logit_scale.unwrap_or(post.logit_scale);
+        post.prob_thd = prob_thd.unwrap_or(post.prob_thd);
+        post.area_thd = area_thd.or(post.area_thd);
+        settings.short_side = short_side.unwrap_or(settings.short_side);
+        settings.window = window.unwrap_or(settings.window);
+        settings.stride = stride.unwrap_or(settings.stride);
+        settings.batch_size = batch_size.unwrap_or(settings.batch_size);
+        settings.keep_probs = keep_probs.unwrap_or(settings.keep_probs);
+        settings.last_block = last_block.unwrap_or(settings.last_block);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what needs no model, so that a mistyped setting fails before any download.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.short_side == 0 {
+            return Err(SettingsError::NotPositive(Setting::ShortSide));
+        }
+        if self.stride == 0 || self.stride > self.window {
+            return Err(SettingsError::StrideOutsideWindow {
+                stride: self.stride,
+                window: self.window,
+            });
+        }
+        if self.batch_size == 0 {
+            return Err(SettingsError::NotPositive(Setting::BatchSize));
+        }
+        if !self.postprocess.logit_scale.is_finite() {
+            return Err(SettingsError::NotFinite(Setting::LogitScale));
+        }
+        if let Some(area) = self.postprocess.area_thd {
+            if !(0.0..=1.0).contains(&area) {
+                return Err(SettingsError::NotAFraction(Setting::AreaThd));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what depends on the model: a window must hold at least one `patch`-pixel patch.
+    pub fn validate_for_patch(&self, patch: usize) -> Result<(), SettingsError> {
+        if self.window < patch {
+            return Err(SettingsError::WindowBelowPatch {
+                window: self.window,
+                patch,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::DEFAULT
+    }
+}
+
+/// Settings given explicitly, which win over a preset's and the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Overrides {
+    pub short_side: Option<u32>,
+    pub window: Option<usize>,
+    pub stride: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub logit_scale: Option<f32>,
+    pub prob_thd: Option<f32>,
+    pub area_thd: Option<f32>,
+    pub keep_probs: Option<bool>,
+    pub last_block: Option<LastBlock>,
+}
+
+/// A field of [`Settings`], as errors name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    ShortSide,
+    Window,
+    Stride,
+    BatchSize,
+    LogitScale,
+    AreaThd,
+}
+
+impl Setting {
+    /// The field's name in [`Settings`] (post-processing fields without their prefix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::ShortSide => "short_side",
+            Setting::Window => "window",
+            Setting::Stride => "stride",
+            Setting::BatchSize => "batch_size",
+            Setting::LogitScale => "logit_scale",
+            Setting::AreaThd => "area_thd",
+        }
+    }
+}
+
+/// Settings that cannot work, each naming the field at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SettingsError {
+    NotPositive(Setting),
+    /// A stride of 0, or longer than the window, which would leave pixels no window sees.
+    StrideOutsideWindow {
+        stride: usize,
+        window: usize,
+    },
+    NotFinite(Setting),
+    /// Outside 0..=1.
+    NotAFraction(Setting),
+    /// The window is smaller than one of the model's patches.
+    WindowBelowPatch {
+        window: usize,
+        patch: usize,
+    },
+}
+
+impl SettingsError {
+    /// The field whose value is at fault.
+    pub fn setting(&self) -> Setting {
+        match *self {
+            SettingsError::NotPositive(setting)
+            | SettingsError::NotFinite(setting)
+            | SettingsError::NotAFraction(setting) => setting,
+            SettingsError::StrideOutsideWindow { .. } => Setting::Stride,
+            SettingsError::WindowBelowPatch { .. } => Setting::Window,
+        }
+    }
+}
+
+impl std::fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.setting().name();
+        match self {
+            SettingsError::NotPositive(_) => write!(f, "{name} must be positive"),
+            SettingsError::StrideOutsideWindow { stride, window } => write!(
+                f,
+                "stride {stride} must be between 1 and the window, {window}: a longer stride \
+                 leaves pixels no window sees"
+            ),
+            SettingsError::NotFinite(_) => write!(f, "{name} must be a finite number"),
+            SettingsError::NotAFraction(_) => write!(f, "{name} must be between 0 and 1"),
+            SettingsError::WindowBelowPatch { window, patch } => write!(
+                f,
+                "window {window} is smaller than the model's {patch}-pixel patch"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets;
+
+    #[test]
+    fn a_preset_applies_under_explicit_overrides() {
+        let voc21 = presets::find("voc21").unwrap();
+        let settings = Settings::resolve(Some(voc21), &Overrides::default()).unwrap();
+        assert_eq!(settings.postprocess.logit_scale, 65.0);
+        assert_eq!(settings.postprocess.area_thd, Some(0.1));
+        assert_eq!(settings.window, Settings::DEFAULT.window);
+        let overrides = Overrides {
+            logit_scale: Some(50.0),
+            short_side: Some(448),
+            keep_probs: Some(true),
+            ..Overrides::default()
+        };
+        let settings = Settings::resolve(Some(voc21), &overrides).unwrap();
+        assert_eq!(settings.postprocess.logit_scale, 50.0);
+        assert_eq!(settings.postprocess.prob_thd, 0.1);
+        assert_eq!(settings.short_side, 448);
+        assert!(settings.keep_probs);
+        assert_eq!(
+            Settings::resolve(None, &Overrides::default()).unwrap(),
+            Settings::DEFAULT
+        );
+    }
+
+    #[test]
+    fn impossible_settings_name_their_field() {
+        let refused = |overrides: Overrides| Settings::resolve(None, &overrides).unwrap_err();
+        let error = refused(Overrides {
+            stride: Some(300),
+            ..Overrides::default()
+        });
+        assert_eq!(
+            error,
+            SettingsError::StrideOutsideWindow {
+                stride: 300,
+                window: 224
+            }
+        );
+        assert_eq!(error.setting(), Setting::Stride);
+        let error = refused(Overrides {
+            short_side: Some(0),
+            ..Overrides::default()
+        });
+        assert_eq!(error.to_string(), "short_side must be positive");
+        let error = refused(Overrides {
+            logit_scale: Some(f32::NAN),
+            ..Overrides::default()
+        });
+        assert_eq!(error.setting(), Setting::LogitScale);
+        let error = refused(Overrides {
+            area_thd: Some(1.5),
+            ..Overrides::default()
+        });
+        assert_eq!(error, SettingsError::NotAFraction(Setting::AreaThd));
+        assert_eq!(
+            Settings::DEFAULT.validate_for_patch(16),
+            Ok(()),
+            "224-pixel windows hold 16-pixel patches"
+        );
+        let small = Settings {
+            window: 8,
+            stride: 8,
+            ..Settings::DEFAULT
+        };
+        assert_eq!(
+            small.validate_for_patch(16).unwrap_err().setting(),
+            Setting::Window
+        );
+    }
+}
