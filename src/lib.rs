@@ -46,6 +46,7 @@ pub mod settings;
 pub mod slide;
 pub mod stream;
 pub mod text;
+mod transformer;
 pub mod vision;
 
 #[cfg(test)]

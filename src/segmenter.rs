@@ -31,6 +31,7 @@ impl<'m> Segmenter<'m> {
         settings.validate_for_patch(model.config().vision.patch_size)?;
         let queries_t = queries
             .matrix()
+            .to_device(model.device())?
             .to_dtype(model.dtype())?
             .t()?
             .contiguous()?;

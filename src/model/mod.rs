@@ -53,10 +53,19 @@ impl Model {
         Model::load(files, device, dtype)
     }
 
-    /// Loads the text tower and the tokenizer; dropping the encoder frees them.
+    /// Loads the text tower and the tokenizer; dropping the encoder frees them. The text tower
+    /// runs on the CPU in f32 whatever the vision tower's device and dtype: it runs once per
+    /// class list, and its queries are then cached.
     pub fn text_encoder(&self) -> Result<TextEncoder> {
+        let cpu_f32;
+        let weights = if self.device().is_cpu() && self.dtype() == DType::F32 {
+            &self.weights
+        } else {
+            cpu_f32 = weights::open_weights(&self.files.weights, DType::F32, &Device::Cpu)?;
+            &cpu_f32
+        };
         TextEncoder::load(
-            &self.weights,
+            weights,
             &self.config.text,
             self.config.projection_dim,
             &self.files.tokenizer,

@@ -103,12 +103,26 @@ impl SafetensorsReader {
 
     fn read(&self, name: &str, stored: &StoredTensor) -> candle_core::Result<candle_core::Tensor> {
         let (start, end) = stored.offsets;
-        let mut bytes = vec![0u8; (end - start) as usize];
-        {
+        let length = (end - start) as usize;
+        let read_into = |bytes: &mut [u8]| -> std::io::Result<()> {
             let mut file = self.file.lock().expect("weights file lock poisoned");
             file.seek(SeekFrom::Start(self.data_start + start))?;
-            file.read_exact(&mut bytes)?;
+            file.read_exact(bytes)
+        };
+        // f32 (all of OpenAI's CLIP) is read straight into the tensor's own buffer: one pass
+        // over fresh memory instead of two.
+        if stored.dtype == DType::F32 && cfg!(target_endian = "little") {
+            let mut values = vec![0.0f32; length / 4];
+            // SAFETY: the bytes of an f32 slice; every bit pattern is a valid f32, and the file
+            // stores little-endian values, as this machine reads them.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), length) };
+            read_into(bytes)?;
+            return candle_core::Tensor::from_vec(values, stored.shape.as_slice(), &Device::Cpu)
+                .map_err(|err| err.context(format!("tensor {name}")));
         }
+        let mut bytes = vec![0u8; length];
+        read_into(&mut bytes)?;
         candle_core::Tensor::from_raw_buffer(&bytes, stored.dtype, &stored.shape, &Device::Cpu)
             .map_err(|err| err.context(format!("tensor {name}")))
     }

@@ -22,7 +22,7 @@ use crate::model::ModelFiles;
 const MAGIC: &[u8; 8] = b"SCLIPQ1\0";
 /// Bumped whenever the queries' computation or this file format changes, so that old files
 /// become misses instead of wrong answers.
-const KEY_VERSION: &str = "sclip-queries-v1";
+const KEY_VERSION: &str = "sclip-queries-v2";
 const DIGEST_LEN: usize = 32;
 const HEADER_LEN: usize = MAGIC.len() + 4 + 4 + DIGEST_LEN;
 

@@ -3,87 +3,60 @@
 
 pub mod cache;
 pub mod queries;
+mod tower;
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
-use candle_core::{DType, Device, Tensor, D};
+use anyhow::{anyhow, Context, Result};
+use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
-use candle_transformers::models::clip::text_model::{
-    Activation as CandleActivation, ClipTextConfig, ClipTextTransformer,
-};
 use tokenizers::Tokenizer;
 
-use crate::model::config::{Activation, TextConfig};
-use crate::model::weights::tensor;
+use crate::model::config::TextConfig;
+use tower::{Member, PromptGroup, TextTower};
 
 const TEMPLATES: &str = include_str!("../../assets/imagenet_templates.txt");
 const START_TOKEN: &str = "<|startoftext|>";
 const END_TOKEN: &str = "<|endoftext|>";
-/// Prompts encoded per forward pass: large enough to keep the GEMMs efficient, small enough
-/// that activations stay in the tens of megabytes.
-const PROMPTS_PER_BATCH: usize = 320;
 
 /// The 80 prompt templates of OpenAI's CLIP ImageNet zero-shot notebook, `{}` marking the name.
 pub fn templates() -> Vec<&'static str> {
     TEMPLATES.lines().filter(|l| !l.is_empty()).collect()
 }
 
-/// How a batch of prompts is padded before the text tower.
+/// How prompts are laid out for the text tower. All three give the same queries (the causal
+/// mask makes the end token's output depend only on the tokens before it); they differ in work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Padding {
-    /// To the batch's longest prompt: what sclip does.
-    Longest,
-    /// To the full context (77 tokens), as the authors' code does; the same queries, several
-    /// times the work. Kept to measure and test that equivalence.
-    Context,
+pub enum PromptLayout {
+    /// A template's words before the name are encoded once for all names: what sclip does.
+    SharedPrefix,
+    /// Every prompt whole, to its own length.
+    Whole,
+    /// Every prompt padded to the full context (77 tokens), as the authors' code does. Kept to
+    /// measure and test the equivalence.
+    PaddedToContext,
 }
 
+/// The tokenizer and the text tower: prompts in, unit-length embeddings out, on the CPU in f32.
 pub struct TextEncoder {
-    transformer: ClipTextTransformer,
-    projection: Tensor,
+    tower: TextTower,
     tokenizer: Tokenizer,
     start_id: u32,
     end_id: u32,
     context_length: usize,
-    device: Device,
 }
 
 impl TextEncoder {
-    /// Loads `text_model.*` and `text_projection.weight`, and the BPE tokenizer.
+    /// Loads `text_model.*` and `text_projection.weight` (`root` reads f32 on the CPU), and the
+    /// BPE tokenizer.
     pub fn load(
         root: &VarBuilder,
         config: &TextConfig,
         projection_dim: usize,
         tokenizer_path: &Path,
     ) -> Result<Self> {
-        if config.tower.activation != Activation::QuickGelu {
-            bail!("text_config.hidden_act must be quick_gelu (as in OpenAI's CLIP) for the text tower");
-        }
-        if (config.tower.layer_norm_eps - 1e-5).abs() > 1e-12 {
-            bail!(
-                "text_config.layer_norm_eps is {}, but the text tower supports CLIP's 1e-5 only",
-                config.tower.layer_norm_eps
-            );
-        }
-        let candle_config = ClipTextConfig {
-            vocab_size: config.vocab_size,
-            embed_dim: config.tower.hidden_size,
-            activation: CandleActivation::QuickGelu,
-            intermediate_size: config.tower.intermediate_size,
-            max_position_embeddings: config.max_position_embeddings,
-            pad_with: None,
-            num_hidden_layers: config.tower.num_layers,
-            num_attention_heads: config.tower.num_heads,
-            projection_dim,
-        };
-        let transformer = ClipTextTransformer::new(root.pp("text_model"), &candle_config)
+        let tower = TextTower::load(root, config, projection_dim)
             .context("cannot load the text tower (text_model.*)")?;
-        let projection = tensor(
-            root,
-            (projection_dim, config.tower.hidden_size),
-            "text_projection.weight",
-        )?;
         let tokenizer = Tokenizer::from_file(tokenizer_path)
             .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", tokenizer_path.display()))?;
         let special = |token: &str| {
@@ -97,11 +70,9 @@ impl TextEncoder {
         Ok(TextEncoder {
             start_id: special(START_TOKEN)?,
             end_id: special(END_TOKEN)?,
-            transformer,
-            projection,
+            tower,
             tokenizer,
             context_length: config.max_position_embeddings,
-            device: root.device().clone(),
         })
     }
 
@@ -119,67 +90,94 @@ impl TextEncoder {
         Ok(ids)
     }
 
-    /// Unit-length embeddings of `prompts`, prompts x projection_dim (f32).
-    ///
-    /// With [`Padding::Longest`] each batch is padded only to its longest prompt: the causal
-    /// mask makes the end token's output independent of anything after it, so this equals
-    /// padding to the full context.
-    pub fn encode_prompts(&self, prompts: &[String], padding: Padding) -> Result<Tensor> {
-        let ids = prompts
-            .iter()
-            .map(|p| self.token_ids(p))
-            .collect::<Result<Vec<_>>>()?;
-        // Batches of prompts of similar length pad little: encode them shortest first, then put
-        // the embeddings back in the prompts' order.
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        if padding == Padding::Longest {
-            order.sort_by_key(|&prompt| ids[prompt].len());
-        }
-        let mut embeddings = Vec::new();
-        for batch in order.chunks(PROMPTS_PER_BATCH) {
-            let longest = match padding {
-                Padding::Longest => batch.iter().map(|&p| ids[p].len()).max().unwrap_or(1),
-                Padding::Context => self.context_length,
-            };
-            let mut padded = vec![0u32; batch.len() * longest];
-            let mut end_rows = Vec::with_capacity(batch.len());
-            for (row, &prompt) in batch.iter().enumerate() {
-                let prompt_ids = &ids[prompt];
-                padded[row * longest..row * longest + prompt_ids.len()].copy_from_slice(prompt_ids);
-                end_rows.push((row * longest + prompt_ids.len() - 1) as u32);
-            }
-            let input = Tensor::from_vec(padded, (batch.len(), longest), &self.device)?;
-            let hidden = self.transformer.forward_with_mask(&input, usize::MAX)?;
-            let hidden_size = hidden.dim(D::Minus1)?;
-            let end_rows = Tensor::from_vec(end_rows, batch.len(), &self.device)?;
-            let at_end = hidden
-                .reshape((batch.len() * longest, hidden_size))?
-                .index_select(&end_rows, 0)?;
-            let projected = at_end.matmul(&self.projection.t()?)?.to_dtype(DType::F32)?;
-            embeddings.push(l2_normalize(&projected)?);
-        }
-        let mut position_of = vec![0u32; order.len()];
-        for (position, &prompt) in order.iter().enumerate() {
-            position_of[prompt] = position as u32;
-        }
-        let position_of = Tensor::from_vec(position_of, order.len(), &self.device)?;
-        Ok(Tensor::cat(&embeddings, 0)?.index_select(&position_of, 0)?)
-    }
-
     /// One query per name: the normalised mean of its normalised prompt embeddings,
-    /// names x projection_dim (f32).
-    pub fn name_queries(&self, names: &[String], padding: Padding) -> Result<Tensor> {
-        let templates = templates();
-        let prompts: Vec<String> = names
-            .iter()
-            .flat_map(|name| templates.iter().map(move |t| t.replace("{}", name)))
-            .collect();
-        let embeddings = self.encode_prompts(&prompts, padding)?;
+    /// names x projection_dim (f32, on the CPU).
+    pub fn name_queries(&self, names: &[String], layout: PromptLayout) -> Result<Tensor> {
+        let groups = self.prompt_groups(names, layout)?;
+        // Rows come template-major: template 0 with every name, then template 1, ...
+        let embeddings = l2_normalize(&self.tower.encode(&groups)?)?;
         let dim = embeddings.dim(1)?;
         let means = embeddings
-            .reshape((names.len(), templates.len(), dim))?
-            .mean(1)?;
+            .reshape((templates().len(), names.len(), dim))?
+            .mean(0)?;
         l2_normalize(&means)
+    }
+
+    /// How many tokens the text tower runs for `names`' prompts laid out as `layout` (the
+    /// shared ones once).
+    pub fn tokens_computed(&self, names: &[String], layout: PromptLayout) -> Result<usize> {
+        Ok(self
+            .prompt_groups(names, layout)?
+            .iter()
+            .map(|group| {
+                group.shared.len()
+                    + group
+                        .members
+                        .iter()
+                        .map(|member| member.tokens.len())
+                        .sum::<usize>()
+            })
+            .sum())
+    }
+
+    /// Every template filled with every name, template-major, grouped as `layout` says.
+    fn prompt_groups(&self, names: &[String], layout: PromptLayout) -> Result<Vec<PromptGroup>> {
+        let templates = templates();
+        // ids[t][n]: template t filled with name n.
+        let ids = templates
+            .iter()
+            .map(|template| {
+                names
+                    .iter()
+                    .map(|name| self.token_ids(&template.replace("{}", name)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(match layout {
+            PromptLayout::SharedPrefix => ids.into_iter().map(share_prefix).collect(),
+            PromptLayout::Whole | PromptLayout::PaddedToContext => {
+                let members = ids
+                    .into_iter()
+                    .flatten()
+                    .map(|mut tokens| {
+                        let end = tokens.len() - 1;
+                        if layout == PromptLayout::PaddedToContext {
+                            tokens.resize(self.context_length, 0);
+                        }
+                        Member { tokens, end }
+                    })
+                    .collect();
+                vec![PromptGroup {
+                    shared: Vec::new(),
+                    members,
+                }]
+            }
+        })
+    }
+}
+
+/// One template's prompts as a group: the longest run of tokens they all start with is shared,
+/// short of each prompt's end token (so with one name, or names that tokenise alike, every
+/// member keeps at least that).
+fn share_prefix(prompts: Vec<Vec<u32>>) -> PromptGroup {
+    let shortest = prompts.iter().map(Vec::len).min().unwrap_or(0);
+    let first = prompts.first().cloned().unwrap_or_default();
+    let shared = (0..shortest.saturating_sub(1))
+        .take_while(|&i| prompts.iter().all(|prompt| prompt[i] == first[i]))
+        .count();
+    let members = prompts
+        .into_iter()
+        .map(|prompt| {
+            let tokens = prompt[shared..].to_vec();
+            Member {
+                end: tokens.len() - 1,
+                tokens,
+            }
+        })
+        .collect();
+    PromptGroup {
+        shared: first[..shared].to_vec(),
+        members,
     }
 }
 
@@ -203,21 +201,49 @@ mod tests {
         assert!(templates.iter().all(|t| t.matches("{}").count() == 1));
     }
 
+    /// Sharing prefixes and trimming change the work, never the queries; the names include
+    /// one that is a prefix of another, and one long enough to share little.
     #[test]
-    fn trimming_prompts_gives_the_queries_of_full_padding() {
-        let encoder = crate::test_support::fixture_model(DType::F32)
+    fn every_prompt_layout_gives_the_same_queries() {
+        let encoder = crate::test_support::fixture_model(candle_core::DType::F32)
             .text_encoder()
             .unwrap();
-        let names = ["dog".to_string(), "a very long name of a thing".to_string()];
-        let trimmed = encoder.name_queries(&names, Padding::Longest).unwrap();
-        let padded = encoder.name_queries(&names, Padding::Context).unwrap();
-        let difference = crate::test_support::max_abs_difference(&trimmed, &padded);
-        assert!(difference < 1e-5, "{difference}");
+        let names: Vec<String> = ["dog", "dog house", "a very long name of a thing", "cat"]
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        let shared = encoder
+            .name_queries(&names, PromptLayout::SharedPrefix)
+            .unwrap();
+        for layout in [PromptLayout::Whole, PromptLayout::PaddedToContext] {
+            let other = encoder.name_queries(&names, layout).unwrap();
+            let difference = crate::test_support::max_abs_difference(&shared, &other);
+            assert!(difference < 1e-6, "{layout:?}: {difference}");
+        }
+        // One name: each template's prompt is shared up to its end token.
+        let alone = encoder
+            .name_queries(&names[..1], PromptLayout::SharedPrefix)
+            .unwrap();
+        let difference =
+            crate::test_support::max_abs_difference(&alone, &shared.narrow(0, 0, 1).unwrap());
+        assert!(difference < 1e-6, "{difference}");
+    }
+
+    #[test]
+    fn a_group_shares_its_common_tokens_but_never_an_end_token() {
+        let group = share_prefix(vec![vec![1, 2, 3, 9], vec![1, 2, 4, 5, 9]]);
+        assert_eq!(group.shared, [1, 2]);
+        assert_eq!(group.members[0].tokens, [3, 9]);
+        assert_eq!(group.members[1].end, 2);
+        let group = share_prefix(vec![vec![1, 2, 9], vec![1, 2, 9]]);
+        assert_eq!(group.shared, [1, 2]);
+        assert_eq!(group.members[0].tokens, [9]);
+        assert_eq!(group.members[0].end, 0);
     }
 
     #[test]
     fn normalised_rows_have_unit_length() {
-        let rows = Tensor::new(&[[3f32, 4.0], [0.0, 2.0]], &Device::Cpu).unwrap();
+        let rows = Tensor::new(&[[3f32, 4.0], [0.0, 2.0]], &candle_core::Device::Cpu).unwrap();
         let unit = l2_normalize(&rows).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(unit, vec![vec![0.6, 0.8], vec![0.0, 1.0]]);
     }

@@ -4,17 +4,20 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 use super::cache::{model_fingerprint, QueryCache, QueryKey};
-use super::{templates, Padding, TextEncoder};
+use super::{templates, PromptLayout, TextEncoder};
 use crate::classes::ClassList;
 use crate::model::Model;
+
+/// How the text tower computes, for the cache key: the same for every model dtype and device.
+const TEXT_COMPUTATION: &str = "f32-cpu";
 
 /// The queries of one class list: every name's, with the class each name belongs to.
 pub struct ClassQueries {
     classes: ClassList,
-    /// names x projection_dim, f32, on the model's device.
+    /// names x projection_dim, f32, on the CPU.
     matrix: Tensor,
     query_class: Vec<usize>,
     stats: TextStats,
@@ -25,7 +28,7 @@ impl ClassQueries {
         &self.classes
     }
 
-    /// names x projection_dim unit vectors (f32), names in the class list's order.
+    /// names x projection_dim unit vectors (f32, on the CPU), names in the class list's order.
     pub fn matrix(&self) -> &Tensor {
         &self.matrix
     }
@@ -62,17 +65,15 @@ impl<'m> QueryEncoder<'m> {
     pub fn encode(&mut self, classes: &ClassList) -> Result<ClassQueries> {
         let started = Instant::now();
         let (names, query_class) = classes.queries();
-        let device = self.model.device();
         let dim = self.model.config().projection_dim;
         let key = match &self.cache {
             Some(_) => {
-                let device_kind = if device.is_cpu() { "cpu" } else { "gpu" };
                 let fingerprint = model_fingerprint(self.model.files())?;
                 Some(QueryKey::new(
                     &fingerprint,
                     &templates(),
                     &names,
-                    &format!("{:?}-{device_kind}", self.model.dtype()),
+                    TEXT_COMPUTATION,
                     dim,
                 ))
             }
@@ -91,7 +92,7 @@ impl<'m> QueryEncoder<'m> {
         };
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             if let Some(data) = cache.load(key) {
-                let matrix = Tensor::from_vec(data, (names.len(), dim), device)?;
+                let matrix = Tensor::from_vec(data, (names.len(), dim), &Device::Cpu)?;
                 return Ok(queries(matrix, CacheUse::Hit, None));
             }
         }
@@ -100,7 +101,7 @@ impl<'m> QueryEncoder<'m> {
             empty => empty.insert(self.model.text_encoder()?),
         };
         let matrix = text
-            .name_queries(&names, Padding::Longest)
+            .name_queries(&names, PromptLayout::SharedPrefix)
             .context("cannot encode the class queries")?;
         let (cache_use, store_error) = match (&self.cache, &key) {
             (Some(cache), Some(key)) => {

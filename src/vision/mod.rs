@@ -9,223 +9,15 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::interp::resize_position_grid;
-use crate::model::config::{Activation, TowerConfig, VisionConfig};
+use crate::model::config::VisionConfig;
 use crate::model::weights::tensor;
 use crate::text::l2_normalize;
+use crate::transformer::{layer_norm, EncoderLayer};
 
-mod cpu_kernels;
 pub mod last_block;
 
-pub use last_block::{Gram, LastBlock, LogitBias, Mixing};
-
-/// A linear layer run as one GEMM over the tokens of every window in the batch, with its weight
-/// stored transposed (in x out, row-major). candle's `Linear` multiplies a 3-D input window by
-/// window, repacking the weight for each small product.
-struct Dense {
-    weight_t: Tensor,
-    bias: Tensor,
-}
-
-impl Dense {
-    /// `weight` is out x in, as checkpoints store it.
-    fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
-        Ok(Dense {
-            weight_t: weight.t()?.contiguous()?,
-            bias,
-        })
-    }
-
-    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, name: &str) -> Result<Self> {
-        let vb = vb.pp(name);
-        Dense::new(
-            tensor(&vb, (out_dim, in_dim), "weight")?,
-            tensor(&vb, out_dim, "bias")?,
-        )
-    }
-
-    /// `xs`: batch x tokens x in -> batch x tokens x out.
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_with(xs, Epilogue::None)
-    }
-
-    /// QuickGELU(x W^T + b).
-    fn forward_quick_gelu(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_with(xs, Epilogue::QuickGelu)
-    }
-
-    fn forward_with(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
-        let (batch, tokens, width) = xs.dims3()?;
-        let xs = xs.reshape((batch * tokens, width))?;
-        let out = if cpu_kernels::applies(&xs) {
-            cpu_kernels::linear(&xs, &self.weight_t, &self.bias, epilogue)?
-        } else {
-            let out = xs.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
-            match epilogue {
-                Epilogue::None => out,
-                Epilogue::QuickGelu => (&out * candle_nn::ops::sigmoid(&(&out * 1.702)?)?)?,
-            }
-        };
-        Ok(out.reshape((batch, tokens, ()))?)
-    }
-}
-
-/// What a linear layer applies to its output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Epilogue {
-    None,
-    /// v * sigmoid(1.702 v), CLIP's activation.
-    QuickGelu,
-}
-
-fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, name: &str) -> Result<LayerNorm> {
-    let vb = vb.pp(name);
-    Ok(LayerNorm::new(
-        tensor(&vb, dim, "weight")?,
-        tensor(&vb, dim, "bias")?,
-        eps,
-    ))
-}
-
-struct Mlp {
-    fc1: Dense,
-    fc2: Dense,
-    activation: Activation,
-}
-
-impl Mlp {
-    fn load(vb: &VarBuilder, config: &TowerConfig) -> Result<Self> {
-        Ok(Mlp {
-            fc1: Dense::load(vb, config.hidden_size, config.intermediate_size, "fc1")?,
-            fc2: Dense::load(vb, config.intermediate_size, config.hidden_size, "fc2")?,
-            activation: config.activation,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = match self.activation {
-            Activation::QuickGelu => self.fc1.forward_quick_gelu(xs)?,
-            Activation::Gelu => self.fc1.forward(xs)?.gelu_erf()?,
-        };
-        self.fc2.forward(&hidden)
-    }
-}
-
-/// One pre-LN transformer block. q, k and v share one matrix so that a block costs one GEMM
-/// for all three projections.
-struct EncoderLayer {
-    layer_norm1: LayerNorm,
-    qkv: Dense,
-    out_proj: Dense,
-    layer_norm2: LayerNorm,
-    mlp: Mlp,
-    num_heads: usize,
-    head_dim: usize,
-}
-
-impl EncoderLayer {
-    fn load(vb: &VarBuilder, config: &TowerConfig) -> Result<Self> {
-        let hidden = config.hidden_size;
-        let attn = vb.pp("self_attn");
-        let [q, k, v] = ["q_proj", "k_proj", "v_proj"].map(|name| attn.pp(name));
-        let qkv = Dense::new(
-            Tensor::cat(
-                &[
-                    tensor(&q, (hidden, hidden), "weight")?,
-                    tensor(&k, (hidden, hidden), "weight")?,
-                    tensor(&v, (hidden, hidden), "weight")?,
-                ],
-                0,
-            )?,
-            Tensor::cat(
-                &[
-                    tensor(&q, hidden, "bias")?,
-                    tensor(&k, hidden, "bias")?,
-                    tensor(&v, hidden, "bias")?,
-                ],
-                0,
-            )?,
-        )?;
-        Ok(EncoderLayer {
-            layer_norm1: layer_norm(vb, hidden, config.layer_norm_eps, "layer_norm1")?,
-            qkv,
-            out_proj: Dense::load(&attn, hidden, hidden, "out_proj")?,
-            layer_norm2: layer_norm(vb, hidden, config.layer_norm_eps, "layer_norm2")?,
-            mlp: Mlp::load(&vb.pp("mlp"), config)?,
-            num_heads: config.num_heads,
-            head_dim: config.head_dim(),
-        })
-    }
-
-    /// The attention of `ln1(xs)` as `mixing` mixes it, heads merged: batch x tokens x hidden.
-    /// `bias` is the mixing's logit bias as a tokens x tokens matrix, if it has one.
-    fn attend(&self, xs: &Tensor, mixing: Mixing, bias: Option<&[f32]>) -> Result<Tensor> {
-        let qkv = self.qkv.forward(&self.layer_norm1.forward(xs)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        if cpu_kernels::applies(&qkv) {
-            return Ok(cpu_kernels::attention(
-                &qkv,
-                self.num_heads,
-                scale as f32,
-                mixing,
-                bias,
-            )?);
-        }
-        let (batch, tokens, _) = qkv.dims3()?;
-        let qkv = qkv
-            .reshape((batch, tokens, 3, self.num_heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let per_head = (batch * self.num_heads, tokens, self.head_dim);
-        let [q, k, v] = [0, 1, 2].map(|part| qkv.get(part).and_then(|t| t.reshape(per_head)));
-        let (q, k, v) = (q?, k?, v?);
-        let mixed = match mixing {
-            Mixing::Identity => v,
-            Mixing::Softmax { maps, .. } => {
-                let bias = bias
-                    .map(|bias| {
-                        Tensor::from_slice(bias, (1, tokens, tokens), qkv.device())?
-                            .to_dtype(qkv.dtype())
-                    })
-                    .transpose()?;
-                let mut sum: Option<Tensor> = None;
-                for gram in maps {
-                    let (a, b) = match gram {
-                        Gram::QueryKey => (&q, &k),
-                        Gram::QueryQuery => (&q, &q),
-                        Gram::KeyKey => (&k, &k),
-                    };
-                    let mut logits = (a.matmul(&b.t()?)? * scale)?;
-                    if let Some(bias) = &bias {
-                        logits = logits.broadcast_add(bias)?;
-                    }
-                    let map = candle_nn::ops::softmax_last_dim(&logits)?;
-                    sum = Some(match sum {
-                        Some(sum) => (sum + map)?,
-                        None => map,
-                    });
-                }
-                sum.context("an attention needs at least one map")?
-                    .matmul(&v)?
-            }
-        };
-        Ok(mixed
-            .reshape((batch, self.num_heads, tokens, self.head_dim))?
-            .transpose(1, 2)?
-            .reshape((batch, tokens, self.num_heads * self.head_dim))?)
-    }
-
-    /// The pre-LN block as `block` says: residuals and MLP as in CLIP, or the attention alone.
-    fn forward(&self, xs: &Tensor, block: &LastBlock, bias: Option<&[f32]>) -> Result<Tensor> {
-        let attended = self
-            .out_proj
-            .forward(&self.attend(xs, block.mixing, bias)?)?;
-        if !block.residual_and_mlp {
-            return Ok(attended);
-        }
-        let xs = (xs + attended)?;
-        Ok((&xs + self.mlp.forward(&self.layer_norm2.forward(&xs)?)?)?)
-    }
-}
+pub use crate::transformer::{Gram, LogitBias, Mixing};
+pub use last_block::LastBlock;
 
 /// The vision tower of a CLIP checkpoint, its last block replaceable.
 pub struct VisionTower {
@@ -358,7 +150,7 @@ impl VisionTower {
         let mut xs = self.pre_layernorm.forward(&xs)?;
         let (last, clip_layers) = self.layers.split_last().expect("config has >= 1 layer");
         for layer in clip_layers {
-            xs = layer.forward(&xs, &LastBlock::CLIP, None)?;
+            xs = layer.forward(&xs, LastBlock::CLIP.mixing, true, None)?;
         }
         let bias = match last_block.mixing {
             Mixing::Softmax {
@@ -366,7 +158,12 @@ impl VisionTower {
             } => Some(bias.matrix(grid_h, grid_w)),
             _ => None,
         };
-        let xs = last.forward(&xs, last_block, bias.as_deref())?;
+        let xs = last.forward(
+            &xs,
+            last_block.mixing,
+            last_block.residual_and_mlp,
+            bias.as_deref(),
+        )?;
         let xs = self.post_layernorm.forward(&xs)?;
         let patches = grid_h * grid_w;
         let projected = xs

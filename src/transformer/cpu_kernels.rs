@@ -55,6 +55,83 @@ pub fn attention(
     })
 }
 
+/// One sequence of a packed causal attention: rows of the q|k|v at hand, after rows of an earlier
+/// pass that come before them (a prompt prefix shared by many sequences, attended as keys and
+/// values only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CausalSequence {
+    /// First row and row count of the sequence's own tokens.
+    pub start: usize,
+    pub len: usize,
+    /// First row and row count of its prefix in the prefix q|k|v.
+    pub prefix_start: usize,
+    pub prefix_len: usize,
+}
+
+/// Which rows of each sequence want an output.
+#[derive(Clone, Copy, Debug)]
+pub enum QueryRows<'a> {
+    /// Every row: the output has the q|k|v's rows.
+    All,
+    /// One row per sequence, at this index within the sequence: the output has a row per sequence.
+    One(&'a [usize]),
+}
+
+/// Causal multi-head attention over packed sequences: row `i` of a sequence attends to all of
+/// its prefix and to its own rows `0..=i`. `qkv` is rows x 3*heads*head_dim (q|k|v side by side,
+/// as the fused projection gives), `prefix` the same layout from an earlier pass. Returns the
+/// query rows' outputs, rows x heads*head_dim, heads side by side.
+pub fn causal_attention(
+    qkv: &Tensor,
+    prefix: &[f32],
+    heads: usize,
+    scale: f32,
+    sequences: &[CausalSequence],
+    queries: QueryRows,
+) -> candle_core::Result<Tensor> {
+    qkv.apply_op1_no_bwd(&CausalAttention {
+        prefix,
+        heads,
+        scale,
+        sequences,
+        queries,
+    })
+}
+
+/// A matrix transposed into a new contiguous one, tile by tile so that both sides stay in cache
+/// (candle's strided copy goes element by element across the source's rows).
+pub fn transpose(matrix: &Tensor) -> candle_core::Result<Tensor> {
+    let (rows, cols) = matrix.dims2()?;
+    const TILE: usize = 32;
+    let mut transposed = vec![0.0f32; rows * cols];
+    with_f32_values(matrix, |source| {
+        for row_block in (0..rows).step_by(TILE) {
+            for col_block in (0..cols).step_by(TILE) {
+                for row in row_block..(row_block + TILE).min(rows) {
+                    for col in col_block..(col_block + TILE).min(cols) {
+                        transposed[col * rows + row] = source[row * cols + col];
+                    }
+                }
+            }
+        }
+    })?;
+    Tensor::from_vec(transposed, (cols, rows), &Device::Cpu)
+}
+
+/// Runs `read` on a CPU f32 tensor's values (row-major), without copying a contiguous one.
+pub fn with_f32_values<R>(
+    tensor: &Tensor,
+    read: impl FnOnce(&[f32]) -> R,
+) -> candle_core::Result<R> {
+    let tensor = tensor.contiguous()?;
+    let (storage, layout) = tensor.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("needs a CPU tensor")
+    };
+    let values = contiguous_f32(storage, layout, "reading values")?;
+    Ok(read(&values[..tensor.elem_count()]))
+}
+
 fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
@@ -230,6 +307,192 @@ impl CustomOp1 for MultiHeadAttention<'_> {
         );
         Ok((CpuStorage::F32(output), Shape::from((batch, tokens, width))))
     }
+}
+
+struct CausalAttention<'a> {
+    prefix: &'a [f32],
+    heads: usize,
+    scale: f32,
+    sequences: &'a [CausalSequence],
+    queries: QueryRows<'a>,
+}
+
+impl CustomOp1 for CausalAttention<'_> {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, qkv_width) = layout.shape().dims2()?;
+        if self.heads == 0 || qkv_width % (3 * self.heads) != 0 {
+            candle_core::bail!(
+                "{}: a q|k|v width of {qkv_width} does not split into 3 x {} heads",
+                self.name(),
+                self.heads
+            );
+        }
+        let prefix_rows = self.prefix.len() / qkv_width;
+        let fits = self.sequences.iter().all(|s| {
+            s.len > 0 && s.start + s.len <= rows && s.prefix_start + s.prefix_len <= prefix_rows
+        });
+        let queries_fit = match self.queries {
+            QueryRows::All => true,
+            QueryRows::One(rows) => {
+                rows.len() == self.sequences.len()
+                    && rows.iter().zip(self.sequences).all(|(&r, s)| r < s.len)
+            }
+        };
+        if !fits || !queries_fit || !self.prefix.len().is_multiple_of(qkv_width) {
+            candle_core::bail!("{}: a sequence lies outside its rows", self.name());
+        }
+        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let width = qkv_width / 3;
+        let head_dim = width / self.heads;
+        let out_rows = match self.queries {
+            QueryRows::All => rows,
+            QueryRows::One(_) => self.sequences.len(),
+        };
+        let mut output = vec![0.0f32; out_rows * width];
+        let shared = SharedOutput(output.as_mut_ptr());
+        let longest = self
+            .sequences
+            .iter()
+            .map(|s| s.prefix_len + s.len)
+            .max()
+            .unwrap_or(0);
+        (0..self.sequences.len() * self.heads)
+            .into_par_iter()
+            .for_each_init(
+                || vec![0.0f32; longest],
+                |scores, task| {
+                    let (index, head) = (task / self.heads, task % self.heads);
+                    let sequence = self.sequences[index];
+                    let (first, last, out_row) = match self.queries {
+                        QueryRows::All => (0, sequence.len, sequence.start),
+                        QueryRows::One(rows) => (rows[index], rows[index] + 1, index),
+                    };
+                    let column = |part: usize| part * width + head * head_dim;
+                    let own = |part| {
+                        HeadRows::new(qkv, sequence.start, sequence.len, column(part), qkv_width)
+                    };
+                    let prefix = |part| {
+                        let (start, len) = (sequence.prefix_start, sequence.prefix_len);
+                        HeadRows::new(self.prefix, start, len, column(part), qkv_width)
+                    };
+                    let keys = [prefix(1), own(1)];
+                    let values = [prefix(2), own(2)];
+                    for (offset, row) in (first..last).enumerate() {
+                        // SAFETY: this task writes only its query rows' columns of its head,
+                        // which no other task writes, inside the output buffer.
+                        let out = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                shared.at((out_row + offset) * width + head * head_dim),
+                                head_dim,
+                            )
+                        };
+                        attend_row(
+                            own(0).row(row, head_dim),
+                            &keys,
+                            &values,
+                            sequence.prefix_len + row + 1,
+                            self.scale,
+                            scores,
+                            out,
+                        );
+                    }
+                },
+            );
+        Ok((CpuStorage::F32(output), Shape::from((out_rows, width))))
+    }
+}
+
+/// One head's columns of some rows of a q|k|v block.
+#[derive(Clone, Copy)]
+struct HeadRows<'a> {
+    data: &'a [f32],
+    offset: usize,
+    stride: usize,
+}
+
+impl<'a> HeadRows<'a> {
+    /// Rows `start..start + count` of `data` (rows `stride` apart), columns from `offset`.
+    fn new(data: &'a [f32], start: usize, count: usize, offset: usize, stride: usize) -> Self {
+        HeadRows {
+            data: &data[start * stride..(start + count) * stride],
+            offset,
+            stride,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.data.len() / self.stride
+    }
+
+    fn row(&self, row: usize, head_dim: usize) -> &'a [f32] {
+        &self.data[row * self.stride + self.offset..][..head_dim]
+    }
+}
+
+/// `out = softmax(scale q K^T) V` over the first `count` rows of the keys and values taken in
+/// order, block after block.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn attend_row(
+    query: &[f32],
+    keys: &[HeadRows],
+    values: &[HeadRows],
+    count: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let head_dim = query.len();
+    let scores = &mut scores[..count];
+    let rows = || {
+        keys.iter()
+            .zip(values)
+            .flat_map(|(k, v)| (0..k.len()).map(move |r| (k.row(r, head_dim), v.row(r, head_dim))))
+            .take(count)
+    };
+    let mut max = f32::NEG_INFINITY;
+    for (score, (key, _)) in scores.iter_mut().zip(rows()) {
+        *score = scale * dot(query, key);
+        max = max.max(*score);
+    }
+    let mut sum = 0.0f32;
+    for score in scores.iter_mut() {
+        *score = exp(*score - max);
+        sum += *score;
+    }
+    out.fill(0.0);
+    for (&weight, (_, value)) in scores.iter().zip(rows()) {
+        let weight = weight / sum;
+        for (o, &v) in out.iter_mut().zip(value) {
+            *o += weight * v;
+        }
+    }
+}
+
+/// A dot product with `LANES` partial sums, so that it vectorises.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane += x * y;
+        }
+    }
+    tail + lanes.iter().sum::<f32>()
 }
 
 /// `scores = a b^T` for `tokens` rows of `head_dim` values, `row_stride` apart.
@@ -715,6 +978,130 @@ mod tests {
             bias: None,
         };
         assert!(attention(&qkv, 4, 1.0, no_maps, None).is_err(), "no maps");
+    }
+
+    /// Causal attention the slow way, in f64: each sequence's rows after its prefix rows.
+    fn causal_f64(
+        qkv: &[f32],
+        prefix: &[f32],
+        heads: usize,
+        head_dim: usize,
+        scale: f64,
+        sequence: &CausalSequence,
+        row: usize,
+    ) -> Vec<f64> {
+        let width = heads * head_dim;
+        let at = |data: &[f32], r: usize, part: usize, h: usize, d: usize| {
+            data[r * 3 * width + part * width + h * head_dim + d] as f64
+        };
+        let keys: Vec<(&[f32], usize)> = (0..sequence.prefix_len)
+            .map(|r| (prefix, sequence.prefix_start + r))
+            .chain((0..=row).map(|r| (qkv, sequence.start + r)))
+            .collect();
+        let mut out = vec![0.0; width];
+        for h in 0..heads {
+            let scores: Vec<f64> = keys
+                .iter()
+                .map(|&(data, r)| {
+                    scale
+                        * (0..head_dim)
+                            .map(|d| at(qkv, sequence.start + row, 0, h, d) * at(data, r, 1, h, d))
+                            .sum::<f64>()
+                })
+                .collect();
+            let weights = softmax_f64(&scores);
+            for d in 0..head_dim {
+                out[h * head_dim + d] = keys
+                    .iter()
+                    .zip(&weights)
+                    .map(|(&(data, r), w)| w * at(data, r, 2, h, d))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn causal_attention_sees_its_prefix_and_its_own_earlier_rows() {
+        let (heads, head_dim) = (2, 8);
+        let width3 = 3 * heads * head_dim;
+        let qkv = pseudo_random(9 * width3, 1.5);
+        let prefix = pseudo_random(5 * width3, 1.5);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let sequences = [
+            CausalSequence {
+                start: 0,
+                len: 4,
+                prefix_start: 0,
+                prefix_len: 3,
+            },
+            CausalSequence {
+                start: 4,
+                len: 2,
+                prefix_start: 3,
+                prefix_len: 2,
+            },
+            CausalSequence {
+                start: 6,
+                len: 3,
+                prefix_start: 0,
+                prefix_len: 0,
+            },
+        ];
+        let input = tensor(qkv.clone(), &[9, width3]);
+        let all = causal_attention(&input, &prefix, heads, scale, &sequences, QueryRows::All)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let ends = [3, 0, 2];
+        let chosen = causal_attention(
+            &input,
+            &prefix,
+            heads,
+            scale,
+            &sequences,
+            QueryRows::One(&ends),
+        )
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+        for (index, sequence) in sequences.iter().enumerate() {
+            for row in 0..sequence.len {
+                let want = causal_f64(&qkv, &prefix, heads, head_dim, scale as f64, sequence, row);
+                for (&got, want) in all[sequence.start + row].iter().zip(&want) {
+                    assert!(
+                        (got as f64 - want).abs() < 1e-5,
+                        "{index} {row}: {got} vs {want}"
+                    );
+                }
+                if row == ends[index] {
+                    assert_eq!(chosen[index], all[sequence.start + row]);
+                }
+            }
+        }
+        let outside = [CausalSequence {
+            start: 8,
+            len: 2,
+            prefix_start: 0,
+            prefix_len: 0,
+        }];
+        assert!(causal_attention(&input, &prefix, heads, scale, &outside, QueryRows::All).is_err());
+    }
+
+    #[test]
+    fn transpose_swaps_rows_and_columns_across_tiles() {
+        let (rows, cols) = (37, 70);
+        let values = pseudo_random(rows * cols, 1.0);
+        let transposed = transpose(&tensor(values.clone(), &[rows, cols]))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(transposed.len(), cols);
+        for (c, column) in transposed.iter().enumerate() {
+            for (r, &value) in column.iter().enumerate() {
+                assert_eq!(value, values[r * cols + c]);
+            }
+        }
     }
 
     #[test]
