@@ -115,10 +115,19 @@ fn run() -> Result<()> {
     let settings = Settings::resolve(Some(voc21), &Overrides::default())?;
     if runs("vision") || runs("image") {
         let model = Model::load(files.clone(), &Device::Cpu, DType::F32)?;
-        let queries = QueryEncoder::new(&model, Some(cache)).encode(&classes)?;
+        let queries = QueryEncoder::new(&model, Some(cache.clone())).encode(&classes)?;
         let segmenter = Segmenter::new(&model, queries, settings)?;
         if runs("vision") {
-            vision_bench(&segmenter, &config)?;
+            vision_bench("f32", &segmenter, &config)?;
+            // bf16 on the CPU: AMX products where the CPU has them (f32 otherwise).
+            let bf16_model = Model::load(files.clone(), &Device::Cpu, DType::BF16)?;
+            println!(
+                "\n{}",
+                bf16_model.compute_note().unwrap_or("bf16 on the CPU")
+            );
+            let queries = QueryEncoder::new(&bf16_model, Some(cache.clone())).encode(&classes)?;
+            let bf16 = Segmenter::new(&bf16_model, queries, segmenter.settings().clone())?;
+            vision_bench("bf16", &bf16, &config)?;
         }
         if runs("image") {
             for (label, path) in &photos {
@@ -291,7 +300,7 @@ fn window_flops(vision: &VisionConfig, projection_dim: usize, grid: usize) -> f6
 
 /// The vision forward against the GEMM peak, measured interleaved (GEMM, forward, GEMM, ...)
 /// so that both see the same clock speed on a machine that throttles under load.
-fn vision_bench(segmenter: &Segmenter, config: &ClipConfig) -> Result<()> {
+fn vision_bench(label: &str, segmenter: &Segmenter, config: &ClipConfig) -> Result<()> {
     let image = RgbImage::from_fn(448, 336, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
     });
@@ -300,7 +309,8 @@ fn vision_bench(segmenter: &Segmenter, config: &ClipConfig) -> Result<()> {
     let flops = window_flops(&config.vision, config.projection_dim, grid);
     let gemm = GemmProbe::new()?;
     println!(
-        "\nvision forward, 224x224 windows ({:.1} GFLOP each), interleaved with the GEMM probe:",
+        "\nvision forward in {label}, 224x224 windows ({:.1} GFLOP each), interleaved with the \
+         f32 GEMM probe:",
         flops / 1e9
     );
     for batch in [1, prepared.windows.len()] {
@@ -323,7 +333,7 @@ fn vision_bench(segmenter: &Segmenter, config: &ClipConfig) -> Result<()> {
         let peak = median(gemm_rates);
         let gflops = flops / seconds / 1e9;
         println!(
-            "  batch {batch}: {seconds:.3} s per window, {gflops:.1} GFLOP/s = {:.0}% of the GEMM peak ({peak:.1} GFLOP/s meanwhile)",
+            "  {label} batch {batch}: {seconds:.3} s per window, {gflops:.1} GFLOP/s = {:.0}% of the f32 GEMM peak ({peak:.1} GFLOP/s meanwhile)",
             100.0 * gflops / peak
         );
     }

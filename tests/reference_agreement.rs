@@ -84,3 +84,51 @@ fn every_fixture_case_matches_the_reference() {
         failures.join("\n")
     );
 }
+
+/// `--dtype bf16` may stray from the reference no further than PyTorch's own bf16 autocast does
+/// on the same case (recorded by the fixture script in tests/fixtures/bf16.json): scores within
+/// twice its largest difference, labels within one point of its agreement.
+#[test]
+fn bf16_strays_no_further_than_pytorch_autocast() {
+    let limits: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("bf16.json")).expect("bf16.json"),
+    )
+    .expect("bf16.json is JSON");
+    let mut failures = Vec::new();
+    for case in &cases() {
+        let limit = &limits[&case.name];
+        let max_allowed = 2.0 * limit["max_prob_diff"].as_f64().expect("max_prob_diff") as f32;
+        let min_agreement = limit["label_agreement"].as_f64().expect("label_agreement") - 0.01;
+        let out = tempfile::tempdir().unwrap();
+        let output = sclip()
+            .args(case.args(out.path()))
+            .args(["--dtype", "bf16"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}: {output:?}", case.name);
+        let (_, _, labels) = read_label_png(&out.path().join(format!("{}.png", case.stem())));
+        let expected_labels = Npy::read(&case.labels).u8s();
+        let agreement = labels
+            .iter()
+            .zip(&expected_labels)
+            .filter(|(a, b)| a == b)
+            .count() as f64
+            / labels.len() as f64;
+        let probs = Npy::read(&out.path().join(format!("{}.probs.npy", case.stem()))).f32s();
+        let max_difference = probs
+            .iter()
+            .zip(Npy::read(&case.probs).f32s())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!(
+            "{:<14} bf16: labels agree on {:.2}% (limit {:.2}%), max |prob diff| {max_difference:.2e} (limit {max_allowed:.2e})",
+            case.name,
+            100.0 * agreement,
+            100.0 * min_agreement
+        );
+        if agreement < min_agreement || max_difference > max_allowed {
+            failures.push(case.name.clone());
+        }
+    }
+    assert!(failures.is_empty(), "bf16 strays too far on {failures:?}");
+}

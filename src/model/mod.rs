@@ -16,7 +16,8 @@ pub use device::{parse_device, DeviceError};
 pub use files::{resolve_model, ModelFiles, NotCached, WeightsFile, DEFAULT_MODEL};
 
 use crate::text::TextEncoder;
-use crate::vision::VisionTower;
+use crate::transformer::amx;
+use crate::vision::{Products, VisionTower};
 
 /// A checkpoint's config, its vision tower (loaded in `dtype` on `device`) and its open weights.
 pub struct Model {
@@ -25,26 +26,53 @@ pub struct Model {
     /// Read from lazily: the text tower is loaded from here only when queries must be encoded.
     weights: VarBuilder<'static>,
     vision: VisionTower,
+    /// The dtype asked for, and how the vision tower's linear layers multiply.
+    requested: DType,
+    products: Products,
 }
 
 impl Model {
     /// Reads `config.json`, opens the weights and loads the vision tower.
+    ///
+    /// bf16 on the CPU keeps f32 weights and activations and multiplies the linear layers in
+    /// bf16 with f32 sums on AMX, as PyTorch's CPU autocast does; without AMX it computes in
+    /// f32 ([`Model::compute_note`] says which). On a GPU, bf16 and f16 are the weights' dtype.
     pub fn load(files: ModelFiles, device: &Device, dtype: DType) -> Result<Self> {
         let config = ClipConfig::from_file(&files.config)?;
-        let weights = weights::open_weights(&files.weights, dtype, device)?;
-        let vision = VisionTower::load(&weights, &config.vision, config.projection_dim)
+        let (weights_dtype, products) = match (device.is_cpu(), dtype) {
+            (true, DType::BF16) if amx::available() => (DType::F32, Products::Bf16Amx),
+            (true, DType::BF16) => (DType::F32, Products::Native),
+            _ => (dtype, Products::Native),
+        };
+        let weights = weights::open_weights(&files.weights, weights_dtype, device)?;
+        let vision = VisionTower::load(&weights, &config.vision, config.projection_dim, products)
             .with_context(|| {
-                format!(
-                    "cannot load the vision tower from {}",
-                    files.weights.path().display()
-                )
-            })?;
+            format!(
+                "cannot load the vision tower from {}",
+                files.weights.path().display()
+            )
+        })?;
         Ok(Model {
             files,
             config,
             weights,
             vision,
+            requested: dtype,
+            products,
         })
+    }
+
+    /// How a bf16 model on the CPU computes, once said (`-v`); `None` otherwise.
+    pub fn compute_note(&self) -> Option<&'static str> {
+        match (self.device().is_cpu(), self.requested, self.products) {
+            (true, DType::BF16, Products::Bf16Amx) => {
+                Some("bf16: linear layers multiply on AMX in bf16 with f32 sums, the rest in f32")
+            }
+            (true, DType::BF16, Products::Native) => {
+                Some("bf16: this CPU has no AMX, so the model computes in f32")
+            }
+            _ => None,
+        }
     }
 
     /// Resolves `model` (a folder, or a hub repo id at `revision`) and loads it.

@@ -17,7 +17,7 @@ use crate::model::weights::tensor;
 use crate::transformer::cpu_kernels::{
     causal_attention, with_f32_values, CausalSequence, QueryRows,
 };
-use crate::transformer::{layer_norm, EncoderLayer};
+use crate::transformer::{layer_norm, EncoderLayer, Products};
 
 /// Rows (tokens) per pass over the members: enough for efficient GEMMs, few enough that the
 /// MLP's activations stay in the tens of megabytes.
@@ -66,7 +66,7 @@ impl TextTower {
         let table = |name: &str, rows: usize| tensor(&embeddings, (rows, hidden), name);
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..tower.num_layers)
-            .map(|i| EncoderLayer::load(&layers_vb.pp(i), tower))
+            .map(|i| EncoderLayer::load(&layers_vb.pp(i), tower, Products::Native))
             .collect::<Result<Vec<_>>>()?;
         let projection = tensor(root, (projection_dim, hidden), "text_projection.weight")?;
         Ok(TextTower {

@@ -13,12 +13,14 @@
 //!
 //! CUDA and the other dtypes keep candle's ops; `applies` says which path a tensor takes.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor,
+};
 use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use super::{Epilogue, Gram, Mixing};
+use super::{amx, Epilogue, Gram, Mixing};
 
 /// Whether `xs` can take these kernels: f32 and on the CPU.
 pub fn applies(xs: &Tensor) -> bool {
@@ -130,6 +132,63 @@ pub fn with_f32_values<R>(
     };
     let values = contiguous_f32(storage, layout, "reading values")?;
     Ok(read(&values[..tensor.elem_count()]))
+}
+
+/// `xs * weight^T + bias`, then the epilogue, with the product on AMX in bf16 (f32 sums): `xs`
+/// is rows x in, `bias` out.
+pub fn linear_bf16(
+    xs: &Tensor,
+    weight: &amx::PackedWeight,
+    bias: &Tensor,
+    epilogue: Epilogue,
+) -> candle_core::Result<Tensor> {
+    xs.apply_op2_no_bwd(bias, &LinearBf16 { weight, epilogue })
+}
+
+struct LinearBf16<'a> {
+    weight: &'a amx::PackedWeight,
+    epilogue: Epilogue,
+}
+
+impl CustomOp2 for LinearBf16<'_> {
+    fn name(&self) -> &'static str {
+        "linear-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, inner) = xs_layout.shape().dims2()?;
+        let out = self.weight.outputs();
+        if self.weight.inputs() != inner || bias_layout.shape().dims() != [out] {
+            candle_core::bail!(
+                "{}: {:?} x {}x{} + {:?} does not fit",
+                self.name(),
+                xs_layout.dims(),
+                self.weight.inputs(),
+                out,
+                bias_layout.dims()
+            );
+        }
+        let xs = contiguous_f32(xs, xs_layout, self.name())?;
+        let bias = contiguous_f32(bias, bias_layout, self.name())?;
+        let mut output = amx::linear(xs, self.weight);
+        output
+            .par_chunks_mut(out * MIN_ELEMENTS_PER_TASK.div_ceil(out.max(1)))
+            .for_each(|chunk| {
+                for row in chunk.chunks_exact_mut(out) {
+                    add_in_place(row, bias);
+                }
+                if self.epilogue == Epilogue::QuickGelu {
+                    quick_gelu_in_place(chunk);
+                }
+            });
+        Ok((CpuStorage::F32(output), Shape::from((rows, out))))
+    }
 }
 
 fn parallelism() -> Parallelism {

@@ -9,6 +9,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 use crate::model::config::{Activation, TowerConfig};
 use crate::model::weights::tensor;
 
+pub mod amx;
 pub(crate) mod cpu_kernels;
 
 /// A product of two projections of `ln1(x)` whose row softmax is one attention map.
@@ -73,26 +74,53 @@ pub enum Mixing {
 /// faster than the checkpoint's, 6-16% of a ViT-B/16 window. candle's `Linear` multiplies a 3-D
 /// input window by window, repacking the weight for each small product.
 pub(crate) struct Dense {
-    weight_t: Tensor,
+    weight: Weight,
     bias: Tensor,
+}
+
+/// How a tower's linear layers multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Products {
+    /// In the weights' own dtype.
+    Native,
+    /// bf16 inputs with f32 sums on AMX, everything around them in f32 (CPU f32 weights only).
+    Bf16Amx,
+}
+
+enum Weight {
+    /// in x out.
+    Transposed(Tensor),
+    Packed(amx::PackedWeight),
 }
 
 impl Dense {
     /// `weight` is out x in, as checkpoints store it.
-    fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
-        let weight_t = if cpu_kernels::applies(&weight) {
-            cpu_kernels::transpose(&weight)?
+    fn new(weight: Tensor, bias: Tensor, products: Products) -> Result<Self> {
+        let weight = if products == Products::Bf16Amx && cpu_kernels::applies(&weight) {
+            let (outputs, inputs) = weight.dims2()?;
+            Weight::Packed(cpu_kernels::with_f32_values(&weight, |values| {
+                amx::PackedWeight::new(values, outputs, inputs)
+            })?)
+        } else if cpu_kernels::applies(&weight) {
+            Weight::Transposed(cpu_kernels::transpose(&weight)?)
         } else {
-            weight.t()?.contiguous()?
+            Weight::Transposed(weight.t()?.contiguous()?)
         };
-        Ok(Dense { weight_t, bias })
+        Ok(Dense { weight, bias })
     }
 
-    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, name: &str) -> Result<Self> {
+    fn load(
+        vb: &VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        name: &str,
+        products: Products,
+    ) -> Result<Self> {
         let vb = vb.pp(name);
         Dense::new(
             tensor(&vb, (out_dim, in_dim), "weight")?,
             tensor(&vb, out_dim, "bias")?,
+            products,
         )
     }
 
@@ -116,13 +144,17 @@ impl Dense {
             });
         let mut out_shape = xs.dims().to_vec();
         let xs = xs.reshape((rows, width))?;
-        let out = if cpu_kernels::applies(&xs) {
-            cpu_kernels::linear(&xs, &self.weight_t, &self.bias, epilogue)?
-        } else {
-            let out = xs.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
-            match epilogue {
-                Epilogue::None => out,
-                Epilogue::QuickGelu => (&out * candle_nn::ops::sigmoid(&(&out * 1.702)?)?)?,
+        let out = match &self.weight {
+            Weight::Packed(packed) => cpu_kernels::linear_bf16(&xs, packed, &self.bias, epilogue)?,
+            Weight::Transposed(weight_t) if cpu_kernels::applies(&xs) => {
+                cpu_kernels::linear(&xs, weight_t, &self.bias, epilogue)?
+            }
+            Weight::Transposed(weight_t) => {
+                let out = xs.matmul(weight_t)?.broadcast_add(&self.bias)?;
+                match epilogue {
+                    Epilogue::None => out,
+                    Epilogue::QuickGelu => (&out * candle_nn::ops::sigmoid(&(&out * 1.702)?)?)?,
+                }
             }
         };
         *out_shape
@@ -156,10 +188,22 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: &VarBuilder, config: &TowerConfig) -> Result<Self> {
+    fn load(vb: &VarBuilder, config: &TowerConfig, products: Products) -> Result<Self> {
         Ok(Mlp {
-            fc1: Dense::load(vb, config.hidden_size, config.intermediate_size, "fc1")?,
-            fc2: Dense::load(vb, config.intermediate_size, config.hidden_size, "fc2")?,
+            fc1: Dense::load(
+                vb,
+                config.hidden_size,
+                config.intermediate_size,
+                "fc1",
+                products,
+            )?,
+            fc2: Dense::load(
+                vb,
+                config.intermediate_size,
+                config.hidden_size,
+                "fc2",
+                products,
+            )?,
             activation: config.activation,
         })
     }
@@ -187,7 +231,7 @@ pub(crate) struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub(crate) fn load(vb: &VarBuilder, config: &TowerConfig) -> Result<Self> {
+    pub(crate) fn load(vb: &VarBuilder, config: &TowerConfig, products: Products) -> Result<Self> {
         let hidden = config.hidden_size;
         let attn = vb.pp("self_attn");
         let [q, k, v] = ["q_proj", "k_proj", "v_proj"].map(|name| attn.pp(name));
@@ -208,13 +252,14 @@ impl EncoderLayer {
                 ],
                 0,
             )?,
+            products,
         )?;
         Ok(EncoderLayer {
             layer_norm1: layer_norm(vb, hidden, config.layer_norm_eps, "layer_norm1")?,
             qkv,
-            out_proj: Dense::load(&attn, hidden, hidden, "out_proj")?,
+            out_proj: Dense::load(&attn, hidden, hidden, "out_proj", products)?,
             layer_norm2: layer_norm(vb, hidden, config.layer_norm_eps, "layer_norm2")?,
-            mlp: Mlp::load(&vb.pp("mlp"), config)?,
+            mlp: Mlp::load(&vb.pp("mlp"), config, products)?,
             num_heads: config.num_heads,
             head_dim: config.head_dim(),
         })

@@ -15,6 +15,7 @@ Outputs (relative to the repository root):
   tests/fixtures/classes/coffee_voc.txt   a class file
   tests/fixtures/expected/<case>.{labels,probs}.npy
   tests/fixtures/cases.json               manifest
+  tests/fixtures/bf16.json                per case, how far PyTorch bf16 autocast moves the outputs
 
 Before writing the expected outputs the script runs self-checks (hand-written
 vision tower vs transformers, padded vs trimmed text, tokenizer.json vs
@@ -613,6 +614,30 @@ def full_size(out_dir: Path, tokenizer_json: Path | None):
     print(f"wrote full-size random ViT-B/16 CLIP ({n / 1e6:.1f} M parameters) to {out_dir}")
 
 
+def bf16_limits():
+    """Per case, how far PyTorch's CPU bf16 autocast moves the reference's outputs from its
+    f32 ones (text queries in f32, as sclip computes them): tests/fixtures/bf16.json, from which
+    the bf16 fixture test derives its limits."""
+    ref = R.SclipReference(str(FIX / "model"))
+    manifest = json.loads((FIX / "cases.json").read_text())
+    limits = {}
+    for case in manifest:
+        classes = [c.split("|") for c in case["classes"]]
+        ref.queries(classes)  # f32, cached by name for the run below
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            res = run_case(ref, case, classes, FIX / case["image"])
+        probs = np.load(FIX / case["probs"])
+        labels = np.load(FIX / case["labels"])
+        diff = np.abs(res.probs.astype(np.float64) - probs)
+        limits[case["name"]] = {
+            "max_prob_diff": float(diff.max()),
+            "mean_prob_diff": float(diff.mean()),
+            "label_agreement": float((res.labels == labels).mean()),
+        }
+        print(f"bf16 autocast {case['name']}: {limits[case['name']]}")
+    (FIX / "bf16.json").write_text(json.dumps(limits, indent=2) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full-size", metavar="DIR", help="write a random full-size ViT-B/16 model "
@@ -620,9 +645,14 @@ def main():
     ap.add_argument("--tokenizer", metavar="JSON", type=Path,
                     help="with --full-size: copy this tokenizer.json (e.g. the fixture model's) "
                     "instead of building it, so open_clip is not needed")
+    ap.add_argument("--bf16-limits", action="store_true",
+                    help="only write tests/fixtures/bf16.json from the committed fixtures")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.bf16_limits:
+        bf16_limits()
+        return
     if a.full_size:
         full_size(Path(a.full_size), a.tokenizer)
         return
@@ -713,6 +743,7 @@ def main():
     n = check_tokenizer(tok_json, sorted(all_names))
     print(f"check (iii) tokenizer.json == open_clip ids for all {n} fixture prompts: OK")
     check_text_trim(model_dir, sorted(all_names))
+    bf16_limits()
     print("done")
 
 

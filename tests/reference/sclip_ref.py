@@ -507,6 +507,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--batch", type=int, default=8, help="windows per vision batch")
     ap.add_argument("--trim-text", action="store_true",
                     help="trim prompts to the longest one instead of padding to 77 (exact)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="run under torch.autocast('cpu', torch.bfloat16), as a PyTorch user on a "
+                    "CPU with bf16 matrix units would")
     ap.add_argument("--out-probs")
     ap.add_argument("--out-labels")
     a = ap.parse_args(argv)
@@ -529,8 +532,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     ref = SclipReference(a.model)
     t_load = time.perf_counter() - t0
-    r = ref.segment(a.image, classes, a.logit_scale, a.prob_thd, a.area_thd, a.short_side,
-                    a.window, a.stride, trim_text=a.trim_text, batch=a.batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+        r = ref.segment(a.image, classes, a.logit_scale, a.prob_thd, a.area_thd, a.short_side,
+                        a.window, a.stride, trim_text=a.trim_text, batch=a.batch)
     t0 = time.perf_counter()
     if a.out_probs:
         np.save(a.out_probs, r.probs)

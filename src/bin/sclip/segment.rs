@@ -165,6 +165,9 @@ fn load_model(args: &SegmentArgs, device: &Device, settings: &Settings) -> Resul
     let model = Model::open(&args.model, &args.revision, device, args.dtype.into())
         .with_context(|| format!("cannot load model {}", args.model))?;
     settings.validate_for_patch(model.config().vision.patch_size)?;
+    if let (true, Some(note)) = (args.verbose, model.compute_note()) {
+        eprintln!("sclip: {note}");
+    }
     Ok(model)
 }
 
