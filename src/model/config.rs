@@ -189,6 +189,9 @@ fn tower_config(
     if config.num_layers == 0 {
         bail!("{tower}_config.num_hidden_layers is 0");
     }
+    if config.hidden_size == 0 || config.intermediate_size == 0 {
+        bail!("{tower}_config.hidden_size and intermediate_size must be positive");
+    }
     Ok(config)
 }
 

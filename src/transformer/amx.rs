@@ -11,6 +11,7 @@
 
 use std::sync::OnceLock;
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Rows and bf16 columns of an input tile; an accumulator tile is 16 x 16 f32.
@@ -70,13 +71,25 @@ fn detect() -> bool {
     false
 }
 
-/// f32 to bf16, rounding to nearest even (NaN stays NaN).
+/// f32 to bf16, rounding to nearest even (NaN stays NaN); branch-free, so that loops over it
+/// vectorise.
+#[inline(always)]
 fn bf16_bits(value: f32) -> u16 {
     let bits = value.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((bits >> 16) | 0x40) as u16;
     if value.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
+        quiet_nan
+    } else {
+        rounded
     }
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx2+fma", "x86_64+avx2+fma"))]
+fn to_bf16(packed: &mut [u16], values: &[f32]) {
+    for (packed, &value) in packed.iter_mut().zip(values) {
+        *packed = bf16_bits(value);
+    }
 }
 
 /// A weight (out x in, as checkpoints store it) packed for [`linear`].
@@ -147,42 +160,33 @@ pub fn linear(xs: &[f32], weight: &PackedWeight) -> Vec<f32> {
     }
     let steps = depth_steps(inputs);
     let row_blocks = rows.div_ceil(BLOCK);
-    // The activations as tiles: (row tile, depth step) at (r * steps + d) * TILE_VALUES.
-    let mut tiles = vec![0u16; 2 * row_blocks * steps * TILE_VALUES];
-    tiles
-        .par_chunks_mut(steps * TILE_VALUES)
-        .enumerate()
-        .for_each(|(row_tile, band)| {
-            for row in 0..TILE_ROWS {
-                let source_row = row_tile * TILE_ROWS + row;
-                if source_row >= rows {
-                    break;
-                }
-                let source = &xs[source_row * inputs..][..inputs];
-                for (step, chunk) in source.chunks(TILE_DEPTH).enumerate() {
-                    let tile = &mut band[step * TILE_VALUES + row * TILE_DEPTH..][..chunk.len()];
-                    for (packed, &value) in tile.iter_mut().zip(chunk) {
-                        *packed = bf16_bits(value);
-                    }
-                }
-            }
-        });
-    // Whole blocks only: rows and columns padded to 32, cut back at the end.
     let columns = padded_outputs(outputs);
-    let mut padded = vec![0.0f32; row_blocks * BLOCK * columns];
-    let shared = SharedOutput(padded.as_mut_ptr());
     let column_blocks = columns / BLOCK;
     let per_task = column_blocks.div_ceil(rayon::current_num_threads().max(1));
-    (0..column_blocks.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let blocks = task * per_task..((task + 1) * per_task).min(column_blocks);
-            // SAFETY: AMX is available (asserted above); each task writes only its own column
-            // blocks of `padded`, which holds every block.
-            unsafe {
-                column_blocks_product(&tiles, weight, steps, row_blocks, columns, blocks, &shared);
-            }
-        });
+    // Whole blocks only: rows and columns padded to 32, cut back at the end. Every value is
+    // written by the product (the first pass starts from zeroed tiles), so the buffer is not
+    // cleared first.
+    let padded_len = row_blocks * BLOCK * columns;
+    let mut padded: Vec<f32> = Vec::with_capacity(padded_len);
+    let shared = SharedOutput(padded.as_mut_ptr());
+    ACTIVATION_TILES.with_borrow_mut(|tiles| {
+        activation_tiles(xs, rows, inputs, steps, 2 * row_blocks, tiles);
+        let tiles = &tiles[..];
+        (0..column_blocks.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|task| {
+                let blocks = task * per_task..((task + 1) * per_task).min(column_blocks);
+                // SAFETY: AMX is available (asserted above); each task writes only its own
+                // column blocks of `padded`, whose capacity holds every block.
+                unsafe {
+                    column_blocks_product(
+                        tiles, weight, steps, row_blocks, columns, blocks, &shared,
+                    );
+                }
+            });
+    });
+    // SAFETY: the products above wrote all `padded_len` values.
+    unsafe { padded.set_len(padded_len) };
     padded.truncate(rows * columns);
     if columns == outputs {
         return padded;
@@ -192,6 +196,49 @@ pub fn linear(xs: &[f32], weight: &PackedWeight) -> Vec<f32> {
         .flat_map(|row| &row[..outputs])
         .copied()
         .collect()
+}
+
+thread_local! {
+    /// The activations of the last product on this thread, as tiles: kept, so that every
+    /// product does not fault in fresh pages for them.
+    static ACTIVATION_TILES: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `xs` (rows x inputs) as `row_tiles` x `steps` bf16 tiles, tile (r, d) at
+/// `(r * steps + d) * TILE_VALUES`; padding rows and depths are zero.
+fn activation_tiles(
+    xs: &[f32],
+    rows: usize,
+    inputs: usize,
+    steps: usize,
+    row_tiles: usize,
+    tiles: &mut Vec<u16>,
+) {
+    let len = row_tiles * steps * TILE_VALUES;
+    if tiles.len() < len {
+        tiles.resize(len, 0);
+    }
+    tiles[..len]
+        .par_chunks_mut(steps * TILE_VALUES)
+        .enumerate()
+        .for_each(|(row_tile, band)| {
+            for row in 0..TILE_ROWS {
+                let source_row = row_tile * TILE_ROWS + row;
+                for step in 0..steps {
+                    let tile = &mut band[step * TILE_VALUES + row * TILE_DEPTH..][..TILE_DEPTH];
+                    let depth = step * TILE_DEPTH;
+                    let filled = if source_row < rows {
+                        let source =
+                            &xs[source_row * inputs + depth..][..(inputs - depth).min(TILE_DEPTH)];
+                        to_bf16(tile, source);
+                        source.len()
+                    } else {
+                        0
+                    };
+                    tile[filled..].fill(0);
+                }
+            }
+        });
 }
 
 struct SharedOutput(*mut f32);
@@ -348,8 +395,9 @@ mod tests {
         assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
     }
 
-    /// Sizes that fill no tile evenly: the products must equal the bf16-rounded inputs' exact
-    /// products, summed in f64, to f32 rounding.
+    /// Sizes that fill no tile evenly, in an order where smaller products reuse a larger one's
+    /// tile buffer: the products must equal the bf16-rounded inputs' exact products, summed in
+    /// f64, to f32 rounding.
     #[test]
     fn products_equal_the_bf16_inputs_exact_products() {
         if !available() {
