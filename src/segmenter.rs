@@ -51,10 +51,6 @@ impl<'m> Segmenter<'m> {
         &self.queries
     }
 
-    pub fn model(&self) -> &'m Model {
-        self.model
-    }
-
     /// Segments one decoded image at its original size.
     pub fn segment(&self, image: &RgbImage) -> Result<Segmentation> {
         let prepared = self.prepare(image);

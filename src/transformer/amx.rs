@@ -169,22 +169,21 @@ pub fn linear(xs: &[f32], weight: &PackedWeight) -> Vec<f32> {
     let padded_len = row_blocks * BLOCK * columns;
     let mut padded: Vec<f32> = Vec::with_capacity(padded_len);
     let shared = SharedOutput(padded.as_mut_ptr());
-    ACTIVATION_TILES.with_borrow_mut(|tiles| {
-        activation_tiles(xs, rows, inputs, steps, 2 * row_blocks, tiles);
-        let tiles = &tiles[..];
-        (0..column_blocks.div_ceil(per_task))
-            .into_par_iter()
-            .for_each(|task| {
-                let blocks = task * per_task..((task + 1) * per_task).min(column_blocks);
-                // SAFETY: AMX is available (asserted above); each task writes only its own
-                // column blocks of `padded`, whose capacity holds every block.
-                unsafe {
-                    column_blocks_product(
-                        tiles, weight, steps, row_blocks, columns, blocks, &shared,
-                    );
-                }
-            });
-    });
+    // Taken out, not borrowed: a rayon worker waiting below may run another product on this
+    // thread, which then finds an empty buffer instead of a borrowed one.
+    let mut tiles = ACTIVATION_TILES.take();
+    activation_tiles(xs, rows, inputs, steps, 2 * row_blocks, &mut tiles);
+    (0..column_blocks.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let blocks = task * per_task..((task + 1) * per_task).min(column_blocks);
+            // SAFETY: AMX is available (asserted above); each task writes only its own column
+            // blocks of `padded`, whose capacity holds every block.
+            unsafe {
+                column_blocks_product(&tiles, weight, steps, row_blocks, columns, blocks, &shared);
+            }
+        });
+    ACTIVATION_TILES.set(tiles);
     // SAFETY: the products above wrote all `padded_len` values.
     unsafe { padded.set_len(padded_len) };
     padded.truncate(rows * columns);
@@ -201,7 +200,7 @@ pub fn linear(xs: &[f32], weight: &PackedWeight) -> Vec<f32> {
 thread_local! {
     /// The activations of the last product on this thread, as tiles: kept, so that every
     /// product does not fault in fresh pages for them.
-    static ACTIVATION_TILES: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ACTIVATION_TILES: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// `xs` (rows x inputs) as `row_tiles` x `steps` bf16 tiles, tile (r, d) at

@@ -135,15 +135,9 @@ impl Dense {
     }
 
     fn forward_with(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
-        let (rows, width) = xs
-            .shape()
-            .dims()
-            .split_last()
-            .map_or((0, 0), |(&width, rest)| {
-                (rest.iter().product::<usize>(), width)
-            });
+        let width = xs.dim(candle_core::D::Minus1)?;
         let mut out_shape = xs.dims().to_vec();
-        let xs = xs.reshape((rows, width))?;
+        let xs = xs.reshape(((), width))?;
         let out = match &self.weight {
             Weight::Packed(packed) => cpu_kernels::linear_bf16(&xs, packed, &self.bias, epilogue)?,
             Weight::Transposed(weight_t) if cpu_kernels::applies(&xs) => {
