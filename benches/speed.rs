@@ -23,7 +23,7 @@ use image::RgbImage;
 use sclip::memory::peak_rss_mib;
 use sclip::model::config::VisionConfig;
 use sclip::model::{resolve_model, ClipConfig, ModelFiles};
-use sclip::output::write_label_png;
+use sclip::output::stage_label_png;
 use sclip::preprocess::{load_image, DEFAULT_MAX_PIXELS};
 use sclip::presets;
 use sclip::segmenter::WindowCrop;
@@ -382,12 +382,12 @@ fn image_bench(segmenter: &Segmenter, label: &str, path: &Path, scratch: &Path) 
     let mask = scratch.join("mask.png");
     let (width, height) = (segmentation.width as u32, segmentation.height as u32);
     let encode = median_seconds(5, || {
-        write_label_png(&mask, &segmentation.labels, width, height)
+        stage_label_png(&mask, &segmentation.labels, width, height)?.commit()
     })?;
     let end_to_end = median_seconds(3, || {
         let photo = load_image(path, DEFAULT_MAX_PIXELS)?;
         let segmentation = segmenter.segment(&photo)?;
-        write_label_png(&mask, &segmentation.labels, width, height)
+        stage_label_png(&mask, &segmentation.labels, width, height)?.commit()
     })?;
     println!("  decode + resize: {decode:.4} s");
     println!("  {} windows: {windows:.3} s", prepared.windows.len());

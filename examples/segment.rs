@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use sclip::output::write_label_png;
+use sclip::output::stage_label_png;
 use sclip::preprocess::decode_image;
 use sclip::{ClassList, DType, Device, Model, QueryEncoder, Segmenter, Settings};
 
@@ -47,7 +47,7 @@ fn run() -> Result<()> {
     let segmentation = segmenter.segment(&photo)?;
 
     let (width, height) = (segmentation.width as u32, segmentation.height as u32);
-    write_label_png(out.as_ref(), &segmentation.labels, width, height)?;
+    stage_label_png(out.as_ref(), &segmentation.labels, width, height)?.commit()?;
     for (class, fraction) in segmentation.present_classes() {
         println!("{} {:.1}%", classes.display_name(class), 100.0 * fraction);
     }

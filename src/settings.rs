@@ -94,8 +94,17 @@ impl Settings {
         if self.batch_size == 0 {
             return Err(SettingsError::NotPositive(Setting::BatchSize));
         }
-        if !self.postprocess.logit_scale.is_finite() {
+        let post = &self.postprocess;
+        if !post.logit_scale.is_finite() {
             return Err(SettingsError::NotFinite(Setting::LogitScale));
+        }
+        // A scale of 0 makes every class equally likely and a negative one picks the least likely.
+        if post.logit_scale <= 0.0 {
+            return Err(SettingsError::NotPositive(Setting::LogitScale));
+        }
+        // `contains` is false for NaN, so this also refuses it.
+        if !(0.0..=1.0).contains(&post.prob_thd) {
+            return Err(SettingsError::NotAFraction(Setting::ProbThd));
         }
         if let Some(area) = self.postprocess.area_thd {
             if !(0.0..=1.0).contains(&area) {
@@ -105,13 +114,20 @@ impl Settings {
         Ok(())
     }
 
-    /// Checks what depends on the model: a window must hold at least one `patch`-pixel patch.
+    /// Checks what depends on the model: a window, and the resized image's short side, must hold
+    /// at least one `patch`-pixel patch.
     pub fn validate_for_patch(&self, patch: usize) -> Result<(), SettingsError> {
-        if self.window < patch {
-            return Err(SettingsError::WindowBelowPatch {
-                window: self.window,
-                patch,
-            });
+        for (setting, value) in [
+            (Setting::Window, self.window),
+            (Setting::ShortSide, self.short_side as usize),
+        ] {
+            if value < patch {
+                return Err(SettingsError::BelowPatch {
+                    setting,
+                    value,
+                    patch,
+                });
+            }
         }
         Ok(())
     }
@@ -145,6 +161,7 @@ pub enum Setting {
     Stride,
     BatchSize,
     LogitScale,
+    ProbThd,
     AreaThd,
 }
 
@@ -157,6 +174,7 @@ impl Setting {
             Setting::Stride => "stride",
             Setting::BatchSize => "batch_size",
             Setting::LogitScale => "logit_scale",
+            Setting::ProbThd => "prob_thd",
             Setting::AreaThd => "area_thd",
         }
     }
@@ -174,9 +192,10 @@ pub enum SettingsError {
     NotFinite(Setting),
     /// Outside 0..=1.
     NotAFraction(Setting),
-    /// The window is smaller than one of the model's patches.
-    WindowBelowPatch {
-        window: usize,
+    /// The window or the short side is smaller than one of the model's patches.
+    BelowPatch {
+        setting: Setting,
+        value: usize,
         patch: usize,
     },
 }
@@ -187,9 +206,9 @@ impl SettingsError {
         match *self {
             SettingsError::NotPositive(setting)
             | SettingsError::NotFinite(setting)
-            | SettingsError::NotAFraction(setting) => setting,
+            | SettingsError::NotAFraction(setting)
+            | SettingsError::BelowPatch { setting, .. } => setting,
             SettingsError::StrideOutsideWindow { .. } => Setting::Stride,
-            SettingsError::WindowBelowPatch { .. } => Setting::Window,
         }
     }
 }
@@ -206,9 +225,9 @@ impl std::fmt::Display for SettingsError {
             ),
             SettingsError::NotFinite(_) => write!(f, "{name} must be a finite number"),
             SettingsError::NotAFraction(_) => write!(f, "{name} must be between 0 and 1"),
-            SettingsError::WindowBelowPatch { window, patch } => write!(
+            SettingsError::BelowPatch { value, patch, .. } => write!(
                 f,
-                "window {window} is smaller than the model's {patch}-pixel patch"
+                "{name} {value} is smaller than the model's {patch}-pixel patch"
             ),
         }
     }
@@ -275,6 +294,28 @@ mod tests {
             ..Overrides::default()
         });
         assert_eq!(error, SettingsError::NotAFraction(Setting::AreaThd));
+        for (logit_scale, expected) in [
+            (0.0, SettingsError::NotPositive(Setting::LogitScale)),
+            (-40.0, SettingsError::NotPositive(Setting::LogitScale)),
+            (f32::INFINITY, SettingsError::NotFinite(Setting::LogitScale)),
+        ] {
+            let overrides = Overrides {
+                logit_scale: Some(logit_scale),
+                ..Overrides::default()
+            };
+            assert_eq!(refused(overrides), expected, "{logit_scale}");
+        }
+        for prob_thd in [-0.1, 1.5, f32::NAN, f32::INFINITY] {
+            let overrides = Overrides {
+                prob_thd: Some(prob_thd),
+                ..Overrides::default()
+            };
+            assert_eq!(
+                refused(overrides),
+                SettingsError::NotAFraction(Setting::ProbThd),
+                "{prob_thd}"
+            );
+        }
         assert_eq!(
             Settings::DEFAULT.validate_for_patch(16),
             Ok(()),
@@ -288,6 +329,14 @@ mod tests {
         assert_eq!(
             small.validate_for_patch(16).unwrap_err().setting(),
             Setting::Window
+        );
+        let tiny = Settings {
+            short_side: 1,
+            ..Settings::DEFAULT
+        };
+        assert_eq!(
+            tiny.validate_for_patch(16).unwrap_err().to_string(),
+            "short_side 1 is smaller than the model's 16-pixel patch"
         );
     }
 }

@@ -231,9 +231,14 @@ fn many_photos(dir: &Path, count: usize) -> PathBuf {
     photos
 }
 
-/// Starts a run, waits for its first mask, then sends `signal`; returns the exit status.
-fn interrupt_mid_run(photos: &Path, out: &Path, signal: &str) -> std::process::ExitStatus {
-    let mut child = sclip_process()
+/// Starts a run, waits for its first mask, then sends `signal`; returns the exit status and
+/// what the run printed on stderr.
+fn interrupt_mid_run(
+    photos: &Path,
+    out: &Path,
+    signal: &str,
+) -> (std::process::ExitStatus, String) {
+    let child = sclip_process()
         .arg("segment")
         .arg(photos)
         .arg("--model")
@@ -263,7 +268,11 @@ fn interrupt_mid_run(photos: &Path, out: &Path, signal: &str) -> std::process::E
         .status()
         .unwrap();
     assert!(killed.success());
-    child.wait().unwrap()
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Visible outputs are complete masks and overlays; a killed run may leave only hidden
@@ -289,7 +298,7 @@ fn a_killed_run_resumes_with_skip_existing() {
     let dir = tempfile::tempdir().unwrap();
     let photos = many_photos(dir.path(), 40);
     let out = dir.path().join("masks");
-    let status = interrupt_mid_run(&photos, &out, "-KILL");
+    let (status, _) = interrupt_mid_run(&photos, &out, "-KILL");
     assert!(!status.success(), "the run was killed before finishing");
     let done_before = assert_no_partial_outputs(&out);
     assert!((1..40).contains(&done_before), "{done_before} masks");
@@ -313,21 +322,37 @@ fn a_killed_run_resumes_with_skip_existing() {
     assert_eq!(assert_no_partial_outputs(&out), 40);
 }
 
+/// Ctrl-C, and SIGTERM and SIGHUP as Slurm, Kubernetes and `timeout` send them, let the writes in
+/// flight finish, print the summary and exit with 128 + the signal's number.
 #[test]
 #[cfg(unix)]
-fn ctrl_c_stops_cleanly_with_a_summary_and_status_130() {
-    let dir = tempfile::tempdir().unwrap();
-    let photos = many_photos(dir.path(), 40);
-    let out = dir.path().join("masks");
-    let status = interrupt_mid_run(&photos, &out, "-INT");
-    assert_eq!(status.code(), Some(130));
-    let done = assert_no_partial_outputs(&out);
-    assert!((1..40).contains(&done), "{done} masks");
-    let temporaries = files_under(&out)
-        .into_iter()
-        .filter(|name| name.starts_with('.'))
-        .count();
-    assert_eq!(temporaries, 0, "Ctrl-C lets every write finish or clean up");
+fn signals_stop_cleanly_with_a_summary_and_status_128_plus_the_signal() {
+    for (signal, name, code) in [
+        ("-INT", "SIGINT", 130),
+        ("-TERM", "SIGTERM", 143),
+        ("-HUP", "SIGHUP", 129),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let photos = many_photos(dir.path(), 40);
+        let out = dir.path().join("masks");
+        let (status, stderr) = interrupt_mid_run(&photos, &out, signal);
+        assert_eq!(status.code(), Some(code), "{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {name}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("; interrupted, "), "the summary: {stderr}");
+        let done = assert_no_partial_outputs(&out);
+        assert!((1..40).contains(&done), "{done} masks");
+        let temporaries = files_under(&out)
+            .into_iter()
+            .filter(|name| name.starts_with('.'))
+            .count();
+        assert_eq!(
+            temporaries, 0,
+            "{signal} lets every write finish or clean up"
+        );
+    }
 }
 
 #[test]
@@ -599,4 +624,164 @@ fn presets_are_listed_printed_and_used() {
     assert!(output.status.success(), "{output:?}");
     let lines = json_lines(&output);
     assert_eq!(summary(&lines)["text"]["names"], 19);
+}
+
+/// `x/../y/z.jpg` is `y/z.jpg`: it mirrors to `out/y/z.png`, not onto the place of `x/y/z.jpg`.
+#[test]
+fn listed_paths_with_dot_dot_mirror_to_the_file_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture("small_window.png", &dir.path().join("y/z.png"));
+    copy_fixture("astronaut.jpg", &dir.path().join("x/y/z.jpg"));
+    let output = segment()
+        .current_dir(dir.path())
+        .args(["--files-from", "-", "--out", "masks"])
+        .write_stdin("x/../y/z.png\nx/y/z.jpg\n")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let masks = dir.path().join("masks");
+    assert_eq!(
+        files_under(&masks),
+        BTreeSet::from(["x/y/z.png".to_string(), "y/z.png".to_string()])
+    );
+    let (width, _, _) = read_label_png(&masks.join("y/z.png"));
+    let (source_width, _) = image::image_dimensions(fixture_image("small_window.png")).unwrap();
+    assert_eq!(
+        width, source_width as usize,
+        "y/z.png's mask is small_window's"
+    );
+}
+
+/// A symlink planted inside `--out` that leads out of it is not followed: that image fails,
+/// nothing is written where the link points, and the batch goes on.
+#[test]
+#[cfg(unix)]
+fn a_symlinked_folder_inside_out_does_not_take_outputs_out_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture("small_window.png", &dir.path().join("photos/planted/a.png"));
+    copy_fixture("small_window.png", &dir.path().join("photos/b.png"));
+    let (out, elsewhere) = (dir.path().join("masks"), dir.path().join("elsewhere"));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, out.join("planted")).unwrap();
+    let output = segment()
+        .arg(dir.path().join("photos"))
+        .args(["-r", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("outside --out"), "{stderr}");
+    assert!(stderr.contains("1 ok, 0 skipped, 1 failed"), "{stderr}");
+    assert!(out.join("b.png").is_file());
+    assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+}
+
+/// A 245-byte stem gives a 249-byte mask name, which fits; its temporary name must fit too.
+#[test]
+#[cfg(unix)]
+fn names_near_the_length_limit_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let stem = "n".repeat(245);
+    copy_fixture(
+        "small_window.png",
+        &dir.path().join(format!("photos/{stem}.png")),
+    );
+    let out = dir.path().join("masks");
+    let output = segment()
+        .arg(dir.path().join("photos"))
+        .args(["--overlay", "png", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The overlay's name, 245 + 12 bytes, is one no file system takes: that is the error.
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(".overlay.png"), "{stderr}");
+    assert!(
+        files_under(&out).is_empty(),
+        "neither output is left: {:?}",
+        files_under(&out)
+    );
+
+    let output = segment()
+        .arg(dir.path().join("photos"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(files_under(&out), BTreeSet::from([format!("{stem}.png")]));
+}
+
+/// When the overlay cannot be written the image fails and leaves no mask either, so that
+/// `--skip-existing` does it again.
+#[test]
+fn an_image_whose_overlay_fails_leaves_no_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture("small_window.png", &dir.path().join("photos/a.png"));
+    let out = dir.path().join("masks");
+    // A folder that is not empty cannot be replaced by the overlay's file.
+    std::fs::create_dir_all(out.join("a.overlay.jpg/in-the-way")).unwrap();
+    let run = || {
+        segment()
+            .arg(dir.path().join("photos"))
+            .args(["--overlay", "--skip-existing", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let output = run();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a.overlay.jpg"), "{stderr}");
+    assert!(!out.join("a.png").exists(), "no mask for a failed image");
+    std::fs::remove_dir_all(out.join("a.overlay.jpg")).unwrap();
+    let output = run();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 ok, 0 skipped"));
+    assert!(out.join("a.png").is_file() && out.join("a.overlay.jpg").is_file());
+}
+
+/// Control characters in a name cannot reach the terminal raw, and a name that is not UTF-8 is
+/// given byte for byte in `--json`.
+#[test]
+#[cfg(unix)]
+fn names_with_control_bytes_are_escaped_and_json_keeps_their_bytes() {
+    use base64::prelude::{Engine, BASE64_STANDARD};
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = dir.path().join("a\u{1b}[2Jb\nc.png");
+    copy_fixture("small_window.png", &hostile);
+    let output = segment()
+        .arg(&hostile)
+        .arg("--out")
+        .arg(dir.path().join("masks"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+    assert!(stdout.contains("a\\u{1b}[2Jb\\nc.png"), "{stdout:?}");
+
+    let latin1 = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    copy_fixture("small_window.png", &latin1);
+    let output = segment()
+        .arg(&latin1)
+        .args(["--json", "--out"])
+        .arg(dir.path().join("masks"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lines = json_lines(&output);
+    let bytes = |value: &Value| BASE64_STANDARD.decode(value.as_str().unwrap()).unwrap();
+    assert_eq!(
+        bytes(&lines[0]["path_bytes"]),
+        latin1.as_os_str().as_bytes()
+    );
+    let mask = bytes(&lines[0]["outputs"]["mask_bytes"]);
+    assert!(Path::new(std::ffi::OsStr::from_bytes(&mask)).is_file());
+    assert!(lines[0].get("path_bytes").is_some() && summary(&lines)["ok"] == 1);
 }

@@ -270,3 +270,67 @@ fn help_documents_every_option() {
     }
     assert!(Path::new(&sample_image()).exists());
 }
+
+/// Settings that cannot work are usage errors (exit 2) told before any image is read, whatever
+/// depends on the model included: the patch size comes from its config, before its weights.
+#[test]
+fn impossible_settings_are_usage_errors_found_up_front() {
+    for (extra, expected) in [
+        (
+            &["--window", "8", "--stride", "8"][..],
+            "--window 8 is smaller than the model's 16-pixel patch",
+        ),
+        (
+            &["--short-side", "1"][..],
+            "--short-side 1 is smaller than the model's 16-pixel patch",
+        ),
+        (
+            &["--prob-thd", "1.5"][..],
+            "--prob-thd must be between 0 and 1",
+        ),
+        (
+            &["--prob-thd", "NaN"][..],
+            "--prob-thd must be between 0 and 1",
+        ),
+        (
+            &["--logit-scale", "0"][..],
+            "--logit-scale must be positive",
+        ),
+        (&["--logit-scale=-40"][..], "--logit-scale must be positive"),
+        (
+            &["--logit-scale", "inf"][..],
+            "--logit-scale must be a finite number",
+        ),
+    ] {
+        let mut args = vec![sample_image(), "--model".into(), model()];
+        args.extend(["--classes".into(), "a,b".into()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&args, expected);
+        let (code, _) = run_into_empty_out(&args);
+        assert_eq!(code, Some(2), "{extra:?} is a usage error");
+    }
+}
+
+#[test]
+fn an_out_that_is_a_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("masks");
+    std::fs::write(&file, b"not a folder").unwrap();
+    for out in [file.clone(), file.join("sub")] {
+        let output = sclip()
+            .args(["segment", &sample_image(), "--model", &model()])
+            .args(["--classes", "a,b", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("exists and is not a folder") && stderr.trim_end().lines().count() == 1,
+            "{stderr}"
+        );
+        assert!(!stderr.contains("ok,"), "no image was started: {stderr}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+}

@@ -1,8 +1,10 @@
 //! Writing segmentation results to disk: colour-mapped label PNGs and NumPy `.npy` arrays.
 //!
-//! Every file goes through [`crate::atomic_write::write_atomically`], so a reader (a viewer, a
-//! script polling the output directory) sees either the previous complete file or the new complete file, never a
-//! partial one, and a failed or interrupted write never leaves a truncated file at the target.
+//! Every file is [`Staged`]: written whole to a hidden temporary sibling, then renamed into place
+//! by [`Staged::commit`] (or [`commit_all`](crate::atomic_write::commit_all) for an image's
+//! outputs together), so a reader (a viewer, a script polling the output directory) sees either
+//! the previous complete file or the new complete file, never a partial one, and a failed or
+//! interrupted write never leaves a truncated file at the target.
 
 pub mod overlay;
 
@@ -11,7 +13,7 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::atomic_write::write_atomically;
+use crate::atomic_write::Staged;
 
 /// The PASCAL VOC colour map: index `i` -> `[r, g, b]` for every `i` in `0..256`.
 ///
@@ -34,7 +36,7 @@ pub fn voc_palette() -> [[u8; 3]; 256] {
     palette
 }
 
-/// Writes an 8-bit paletted PNG whose pixel values are the class indices in `labels`
+/// Stages an 8-bit paletted PNG whose pixel values are the class indices in `labels`
 /// (row-major, `width * height` entries) and whose palette is [`voc_palette`].
 ///
 /// The full 256-entry palette is always written, not just the entries up to the largest label:
@@ -45,9 +47,9 @@ pub fn voc_palette() -> [[u8; 3]; 256] {
 ///
 /// No `tRNS` chunk is written, so viewers show every class opaque, and a `png` reader without
 /// transformations reads back the raw indices.
-pub fn write_label_png(path: &Path, labels: &[u8], width: u32, height: u32) -> Result<()> {
+pub fn stage_label_png(path: &Path, labels: &[u8], width: u32, height: u32) -> Result<Staged> {
     check_label_count(labels.len(), width, height)
-        .and_then(|()| write_atomically(path, |out| encode_label_png(out, labels, width, height)))
+        .and_then(|()| Staged::write(path, |out| encode_label_png(out, labels, width, height)))
         .with_context(|| format!("cannot write mask {}", path.display()))
 }
 
@@ -84,15 +86,15 @@ const NPY_DATA_ALIGNMENT: usize = 64;
 /// numpy reserves room for the leading axis to grow to this many digits.
 const NPY_GROWTH_AXIS_MAX_DIGITS: usize = 21;
 
-/// Writes `data` as a C-ordered little-endian float32 array of the given `shape` in NumPy `.npy`
+/// Stages `data` as a C-ordered little-endian float32 array of the given `shape` in NumPy `.npy`
 /// format version 1.0, byte-for-byte as `numpy.save` writes it.
 ///
 /// An empty `shape` is a 0-dimensional array holding exactly one value.
-pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+pub fn stage_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<Staged> {
     check_element_count(shape, data.len())
         .and_then(|()| npy_f32_header(shape))
         .and_then(|header| {
-            write_atomically(path, |out| {
+            Staged::write(path, |out| {
                 out.write_all(&header)?;
                 for value in data {
                     out.write_all(&value.to_le_bytes())?;
@@ -220,7 +222,10 @@ mod tests {
             15, 15, 15, 20, 21, //
             254, 255, 0, 7, 128,
         ];
-        write_label_png(&path, &labels, width, height).unwrap();
+        stage_label_png(&path, &labels, width, height)
+            .unwrap()
+            .commit()
+            .unwrap();
 
         let bytes = fs::read(&path).unwrap();
         let mut reader = png::Decoder::new(Cursor::new(&bytes)).read_info().unwrap();
@@ -256,7 +261,7 @@ mod tests {
     fn label_png_with_wrong_label_count_names_the_mask_and_writes_nothing() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("mask.png");
-        let error = write_label_png(&path, &[0; 5], 2, 3).unwrap_err();
+        let error = stage_label_png(&path, &[0; 5], 2, 3).unwrap_err();
         let message = format!("{error:#}");
         assert!(
             message.starts_with(&format!("cannot write mask {}: ", path.display())),
@@ -274,7 +279,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let missing = directory.path().join("missing");
         let path = missing.join("mask.png");
-        let error = write_label_png(&path, &[0], 1, 1).unwrap_err();
+        let error = stage_label_png(&path, &[0], 1, 1).unwrap_err();
         let message = format!("{error:#}");
         assert!(
             message.starts_with(&format!(
@@ -298,7 +303,10 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("logits.npy");
         let data = [1.0, -2.5, 0.1, 0.0, f32::MAX, -0.0];
-        write_npy_f32(&path, &[2, 3], &data).unwrap();
+        stage_npy_f32(&path, &[2, 3], &data)
+            .unwrap()
+            .commit()
+            .unwrap();
 
         let bytes = fs::read(&path).unwrap();
         assert_eq!(NUMPY_HEADER_2_BY_3.len(), 128);
@@ -320,7 +328,10 @@ mod tests {
     fn npy_matches_numpy_bytes_for_a_1d_array() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("scores.npy");
-        write_npy_f32(&path, &[5], &[0.0; 5]).unwrap();
+        stage_npy_f32(&path, &[5], &[0.0; 5])
+            .unwrap()
+            .commit()
+            .unwrap();
 
         let bytes = fs::read(&path).unwrap();
         assert_eq!(&bytes[..NUMPY_HEADER_5.len()], NUMPY_HEADER_5);
@@ -384,7 +395,7 @@ mod tests {
     fn npy_with_mismatched_shape_names_the_array_and_writes_nothing() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("logits.npy");
-        let error = write_npy_f32(&path, &[2, 3], &[0.0; 5]).unwrap_err();
+        let error = stage_npy_f32(&path, &[2, 3], &[0.0; 5]).unwrap_err();
         let message = format!("{error:#}");
         assert!(
             message.starts_with(&format!("cannot write array {}: ", path.display())),
@@ -394,7 +405,7 @@ mod tests {
             message.contains("holds 6 values but 5 were given"),
             "{message}"
         );
-        let overflowing = write_npy_f32(&path, &[usize::MAX, 2], &[]).unwrap_err();
+        let overflowing = stage_npy_f32(&path, &[usize::MAX, 2], &[]).unwrap_err();
         assert!(format!("{overflowing:#}").contains("more elements than fit"));
         assert!(directory_entries(directory.path()).is_empty());
     }

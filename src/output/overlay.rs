@@ -12,7 +12,7 @@ use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::RgbImage;
 
-use super::write_atomically;
+use crate::atomic_write::Staged;
 
 /// One legend entry: a class present in the mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,17 +285,17 @@ fn encoding_for(path: &Path) -> Option<Encoding> {
     }
 }
 
-/// Writes `overlay` to `path` atomically (see [`write_atomically`]): `.png` as 8-bit RGB PNG,
+/// Stages `overlay` for `path` (see [`Staged`]): `.png` as 8-bit RGB PNG,
 /// `.jpg` or `.jpeg` (any case) as JPEG at quality 90. Any other extension is an error that names
 /// the path and the accepted extensions, and writes nothing.
-pub fn write_overlay(path: &Path, overlay: &RgbImage) -> Result<()> {
+pub fn stage_overlay(path: &Path, overlay: &RgbImage) -> Result<Staged> {
     let Some(encoding) = encoding_for(path) else {
         bail!(
             "cannot write overlay {}: the file name must end in {ACCEPTED_EXTENSIONS}",
             path.display()
         );
     };
-    write_atomically(path, |out| {
+    Staged::write(path, |out| {
         match encoding {
             Encoding::Png => overlay.write_with_encoder(PngEncoder::new(out))?,
             Encoding::Jpeg => {
@@ -574,7 +574,7 @@ mod tests {
         let overlay = sample_overlay();
         for name in ["overlay.png", "OVERLAY.PNG"] {
             let path = directory.path().join(name);
-            write_overlay(&path, &overlay).unwrap();
+            stage_overlay(&path, &overlay).unwrap().commit().unwrap();
             let decoded = image::open(&path).unwrap();
             assert_eq!(decoded.color(), image::ColorType::Rgb8);
             assert_eq!(decoded.into_rgb8(), overlay);
@@ -587,7 +587,7 @@ mod tests {
         let overlay = sample_overlay();
         for name in ["overlay.jpg", "overlay.jpeg", "overlay.JPG", "overlay.JpEg"] {
             let path = directory.path().join(name);
-            write_overlay(&path, &overlay).unwrap();
+            stage_overlay(&path, &overlay).unwrap().commit().unwrap();
             assert_eq!(
                 image::ImageFormat::from_path(&path).unwrap(),
                 image::ImageFormat::Jpeg
@@ -613,7 +613,7 @@ mod tests {
         for name in ["overlay.bmp", "overlay", "overlay.png.txt"] {
             let path = directory.path().join(name);
             assert!(encoding_for(&path).is_none());
-            let error = write_overlay(&path, &sample_overlay()).unwrap_err();
+            let error = stage_overlay(&path, &sample_overlay()).unwrap_err();
             assert_eq!(
                 format!("{error:#}"),
                 format!(
@@ -633,7 +633,7 @@ mod tests {
     fn write_errors_name_the_overlay() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("missing").join("overlay.png");
-        let error = write_overlay(&path, &sample_overlay()).unwrap_err();
+        let error = stage_overlay(&path, &sample_overlay()).unwrap_err();
         assert!(
             format!("{error:#}").starts_with(&format!("cannot write overlay {}: ", path.display())),
             "{error:#}"

@@ -333,7 +333,8 @@ fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
 }
 
 fn path_hash(relative: &Path) -> u64 {
-    normal_components(relative)
+    clean_relative(relative)
+        .iter()
         .enumerate()
         .fold(FNV_OFFSET_BASIS, |hash, (position, name)| {
             let hash = if position == 0 {
@@ -361,8 +362,8 @@ fn name_bytes(name: &OsStr) -> Cow<'_, [u8]> {
 }
 
 /// `out/<relative>` with the extension replaced by `new_extension_suffix` (such as `.png` or
-/// `.probs.npy`, a constant of the caller's). The result is always inside `out`: the root,
-/// drive, `.` and `..` parts of `relative` are dropped.
+/// `.probs.npy`, a constant of the caller's). The result is always inside `out`: see
+/// [`clean_relative`].
 pub fn mirrored_output(out: &Path, relative: &Path, new_extension_suffix: &str) -> PathBuf {
     let relative = clean_relative(relative);
     let mut name = relative.file_stem().unwrap_or_default().to_os_string();
@@ -370,18 +371,22 @@ pub fn mirrored_output(out: &Path, relative: &Path, new_extension_suffix: &str) 
     out.join(relative.with_file_name(name))
 }
 
-/// The path's plain names only: it can be joined under any folder without leaving it.
+/// The path's plain names only, so that it can be joined under any folder without leaving it:
+/// `..` takes back the name before it (`x/../y/z.jpg` is `y/z.jpg`, the file it names, not
+/// `x/y/z.jpg`, which could be another image's place) and is dropped where there is none; the
+/// root, drive and `.` parts are dropped.
 fn clean_relative(path: &Path) -> PathBuf {
-    normal_components(path).collect()
-}
-
-fn normal_components(path: &Path) -> impl Iterator<Item = &OsStr> {
-    path.components().filter_map(|component| match component {
-        Component::Normal(name) => Some(name),
-        Component::Prefix(_) | Component::RootDir | Component::CurDir | Component::ParentDir => {
-            None
+    let mut names: Vec<&OsStr> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => names.push(name),
+            Component::ParentDir => {
+                names.pop();
+            }
+            Component::Prefix(_) | Component::RootDir | Component::CurDir => {}
         }
-    })
+    }
+    names.iter().collect()
 }
 
 #[cfg(test)]
@@ -671,10 +676,8 @@ mod tests {
         let expected = clean_relative(&absolute);
         assert!(expected.ends_with("photos/a/b.png") && expected.is_relative());
         assert_eq!(found.inputs[0].relative, expected);
-        assert_eq!(
-            found.inputs[1].relative,
-            expected.parent().unwrap().join("a/b.png")
-        );
+        // `a/../a/b.png` names the same file as `a/b.png`, and mirrors to the same place.
+        assert_eq!(found.inputs[1].relative, expected);
         // A listed folder is walked like a folder argument.
         assert_eq!(found.inputs[2].relative, PathBuf::from("c.png"));
         assert_eq!(found.inputs.len(), 3);
@@ -775,7 +778,9 @@ mod tests {
             ("cat.tar.gz", ".png", "masks/cat.tar.png"),
             ("README", ".png", "masks/README.png"),
             ("../../etc/passwd", ".png", "masks/etc/passwd.png"),
-            ("a/../../b.jpg", ".png", "masks/a/b.png"),
+            ("a/../../b.jpg", ".png", "masks/b.png"),
+            ("x/../y/z.jpg", ".png", "masks/y/z.png"),
+            ("x/y/../../z.jpg", ".png", "masks/z.png"),
             ("/data/x.jpg", ".png", "masks/data/x.png"),
             ("./x.jpg", ".overlay.jpg", "masks/x.overlay.jpg"),
             ("..", ".png", "masks/.png"),

@@ -37,7 +37,8 @@ impl From<anyhow::Error> for Failure {
 }
 
 const EXIT_USAGE: u8 = 2;
-const EXIT_INTERRUPTED: u8 = 130;
+/// A run stopped by signal N exits with 128 + N, as a shell reports a process killed by it.
+const EXIT_SIGNALLED: i32 = 128;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,23 +1,82 @@
 //! Errors as the command line tells them: one line, and the library's typed errors in the words
 //! of the flags that set what was wrong.
 
+use std::borrow::Cow;
 use std::error::Error;
+use std::path::Path;
 
 use sclip::preprocess::TooManyPixels;
 use sclip::{ClassListError, DeviceError, Setting, SettingsError};
 
 use crate::args::CLASSES_EXAMPLE;
 
-/// An error and its causes on one line. Some library errors (candle's, with RUST_BACKTRACE set)
-/// carry a backtrace on later lines, which is noise to a user.
+/// An error and its causes on one line, safe to print on a terminal. Some library errors
+/// (candle's, with RUST_BACKTRACE set) carry a backtrace on later lines, which is noise to a user
+/// and is left out; any other line break (a file name can hold one) is escaped, not cut.
 pub fn one_line(err: &anyhow::Error) -> String {
     err.chain()
         .map(|cause| {
             let message = in_cli_words(cause).unwrap_or_else(|| cause.to_string());
-            message.lines().next().unwrap_or_default().to_string()
+            escape_controls(without_backtrace(&message)).into_owned()
         })
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// `message` up to the line where a backtrace starts: `stack backtrace:`, a frame such as
+/// `   0: main`, or the text a disabled backtrace prints.
+fn without_backtrace(message: &str) -> &str {
+    let is_backtrace_line = |line: &str| {
+        let line = line.trim_start();
+        let digits = line.bytes().take_while(u8::is_ascii_digit).count();
+        line == "stack backtrace:"
+            || line == "disabled backtrace"
+            || line == "unsupported backtrace"
+            || (digits > 0 && line[digits..].starts_with(": "))
+    };
+    let mut end = message.len();
+    let mut offset = 0;
+    for line in message.split_inclusive('\n') {
+        if offset > 0 && is_backtrace_line(line.trim_end_matches('\n')) {
+            end = offset - 1;
+            break;
+        }
+        offset += line.len();
+    }
+    &message[..end]
+}
+
+/// `text` with control characters (ESC, CR, newlines, C1 controls) escaped as `\n`, `\t`, `\r`
+/// or `\u{..}`, so that a file or class name cannot move the cursor, recolour or rewrite the
+/// terminal, or split one line of output into two.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for character in text.chars() {
+        match character {
+            '\n' => escaped.push_str("\\n"),
+            '\t' => escaped.push_str("\\t"),
+            '\r' => escaped.push_str("\\r"),
+            c if c.is_control() => escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+/// A path for people: control characters escaped as [`escape_controls`] does, and bytes that are
+/// not UTF-8 as `\xNN`, so that the name shown can be typed back.
+pub fn shown_path(path: &Path) -> String {
+    let mut shown = String::new();
+    for chunk in path.as_os_str().as_encoded_bytes().utf8_chunks() {
+        shown.push_str(&escape_controls(chunk.valid()));
+        for byte in chunk.invalid() {
+            shown.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    shown
 }
 
 /// The flag that sets a setting.
@@ -28,6 +87,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Stride => "--stride",
         Setting::BatchSize => "--batch-size",
         Setting::LogitScale => "--logit-scale",
+        Setting::ProbThd => "--prob-thd",
         Setting::AreaThd => "--area-thd",
     }
 }
@@ -87,8 +147,8 @@ fn settings_message(error: &SettingsError) -> String {
         ),
         SettingsError::NotFinite(_) => format!("{flag} must be a finite number"),
         SettingsError::NotAFraction(_) => format!("{flag} must be between 0 and 1"),
-        SettingsError::WindowBelowPatch { window, patch } => {
-            format!("{flag} {window} is smaller than the model's {patch}-pixel patch")
+        SettingsError::BelowPatch { value, patch, .. } => {
+            format!("{flag} {value} is smaller than the model's {patch}-pixel patch")
         }
     }
 }
@@ -117,5 +177,35 @@ mod tests {
         );
         let error = anyhow::anyhow!("first line\nstack backtrace:\n  0: main").context("outer");
         assert_eq!(one_line(&error), "outer: first line");
+        let error = anyhow::anyhow!("shape mismatch\n   0: candle_core::error::Error::bt\n");
+        assert_eq!(one_line(&error), "shape mismatch");
+    }
+
+    #[test]
+    fn a_line_break_in_a_file_name_is_escaped_not_cut() {
+        let error = anyhow::anyhow!("the JPEG data is truncated")
+            .context("cannot decode image file photos/a\nb.jpg");
+        assert_eq!(
+            one_line(&error),
+            "cannot decode image file photos/a\\nb.jpg: the JPEG data is truncated"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert_eq!(escape_controls("plain name.jpg"), "plain name.jpg");
+        assert_eq!(
+            escape_controls("\u{1b}[2J\rred\tx\u{9b}"),
+            "\\u{1b}[2J\\rred\\tx\\u{9b}"
+        );
+        assert_eq!(shown_path(Path::new("a\u{1b}b.jpg")), "a\\u{1b}b.jpg");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn names_that_are_not_utf8_are_shown_byte_for_byte() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = Path::new(std::ffi::OsStr::from_bytes(b"caf\xe9/\xff\x1b.jpg"));
+        assert_eq!(shown_path(path), "caf\\xe9/\\xff\\u{1b}.jpg");
     }
 }

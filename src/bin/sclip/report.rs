@@ -1,11 +1,13 @@
 //! Telling the user what happened: a line per image (human text, or a JSON object with
 //! `--json`), errors on stderr, a progress bar on a terminal, and a final summary.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use base64::prelude::{Engine, BASE64_STANDARD};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -14,7 +16,7 @@ use sclip::text::queries::{CacheUse, TextStats};
 use sclip::ClassList;
 
 use crate::jobs::Job;
-use crate::messages::one_line;
+use crate::messages::{escape_controls, one_line, shown_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -116,10 +118,10 @@ impl<'a> Reporter<'a> {
         if self.format == Format::Json {
             let line = json!({
                 "type": "image",
-                "path": display(&job.image),
                 "status": "skipped",
                 "outputs": outputs(job),
             });
+            let line = with_path(line, "path", &job.image);
             self.print_stdout(&line.to_string());
         }
         self.advance();
@@ -127,7 +129,7 @@ impl<'a> Reporter<'a> {
 
     /// A path that could not even become a job: missing, or an unreadable folder.
     pub fn problem(&mut self, path: &Path, problem: &str) {
-        self.failed(path, &format!("{}: {problem}", path.display()));
+        self.failed(path, &format!("{}: {problem}", shown_path(path)));
         self.advance();
     }
 
@@ -150,7 +152,6 @@ impl<'a> Reporter<'a> {
                             .collect();
                         let line = json!({
                             "type": "image",
-                            "path": display(&job.image),
                             "status": "ok",
                             "width": outcome.width,
                             "height": outcome.height,
@@ -158,6 +159,7 @@ impl<'a> Reporter<'a> {
                             "outputs": outputs(job),
                             "classes": classes,
                         });
+                        let line = with_path(line, "path", &job.image);
                         self.print_stdout(&line.to_string());
                     }
                     Format::Human if !self.quiet => {
@@ -178,10 +180,10 @@ impl<'a> Reporter<'a> {
         if self.format == Format::Json {
             let line = json!({
                 "type": "image",
-                "path": display(path),
                 "status": "failed",
                 "error": message,
             });
+            let line = with_path(line, "path", path);
             self.print_stdout(&line.to_string());
         }
         self.print_stderr(&format!("sclip: error: {message}"));
@@ -202,7 +204,7 @@ impl<'a> Reporter<'a> {
             .join(", ");
         format!(
             "{} {}x{} {:.2}s: {classes}",
-            job.image.display(),
+            shown_path(&job.image),
             outcome.width,
             outcome.height,
             outcome.seconds
@@ -267,8 +269,10 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// Prints above the progress bar rather than through it.
+    /// Prints above the progress bar rather than through it, with control characters escaped
+    /// (a JSON line has none left to escape).
     fn print_stdout(&self, line: &str) {
+        let line = escape_controls(line);
         let print = || {
             let mut stdout = std::io::stdout().lock();
             // A closed pipe (`sclip ... | head`) must not stop the run: the files are the point.
@@ -282,6 +286,7 @@ impl<'a> Reporter<'a> {
     }
 
     fn print_stderr(&self, line: &str) {
+        let line = escape_controls(line);
         match &self.bar {
             Some(bar) => bar.suspend(|| eprintln!("{line}")),
             None => eprintln!("{line}"),
@@ -290,19 +295,28 @@ impl<'a> Reporter<'a> {
 }
 
 fn outputs(job: &Job) -> Value {
-    let mut outputs = json!({ "mask": display(&job.mask) });
+    let mut outputs = with_path(json!({}), "mask", &job.mask);
     if let Some(probs) = &job.probs {
-        outputs["probs"] = display(probs).into();
+        outputs = with_path(outputs, "probs", probs);
     }
     if let Some(overlay) = &job.overlay {
-        outputs["overlay"] = display(overlay).into();
+        outputs = with_path(outputs, "overlay", overlay);
     }
     outputs
 }
 
-/// JSON strings are Unicode; a non-UTF-8 name is shown with replacement characters.
-fn display(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
+/// `object` with `path` under `key`. JSON strings are Unicode, so a name that is not UTF-8 is
+/// given with replacement characters there, and byte for byte, base64-encoded, under
+/// `<key>_bytes`, for scripts that must open the file.
+fn with_path(mut object: Value, key: &str, path: &Path) -> Value {
+    let text = path.to_string_lossy();
+    if let Cow::Owned(_) = text {
+        object[format!("{key}_bytes")] = BASE64_STANDARD
+            .encode(path.as_os_str().as_encoded_bytes())
+            .into();
+    }
+    object[key] = text.into_owned().into();
+    object
 }
 
 /// Three decimals: milliseconds for seconds, and as much for rates.

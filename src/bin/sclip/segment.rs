@@ -5,12 +5,14 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
+use sclip::atomic_write::remove_temporaries_in_flight;
+use sclip::model::{resolve_model, ClipConfig};
 use sclip::presets::{self, Preset};
 use sclip::stream::{self, Ending, ImageFiles, StreamOptions};
 use sclip::text::cache::default_cache_dir;
@@ -24,7 +26,7 @@ use crate::inputs::{discover, read_path_list, WalkOptions};
 use crate::jobs::plan_jobs;
 use crate::report::{describe_text, text_json, Format, Outcome, Reporter, RunFacts};
 use crate::writer::write_outputs;
-use crate::{Failure, EXIT_INTERRUPTED};
+use crate::{Failure, EXIT_SIGNALLED};
 
 pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     let setup_started = Instant::now();
@@ -41,6 +43,9 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
         return Err(Failure::Usage(anyhow!("--alpha must be between 0 and 1")));
     }
     let device = parse_device(&args.device).map_err(|error| Failure::Usage(error.into()))?;
+    if let Some(out) = &args.out {
+        check_out_folder(out).map_err(Failure::Usage)?;
+    }
 
     let listed = match &args.files_from {
         Some(list) => read_listed_paths(list, args.null).map_err(Failure::Usage)?,
@@ -90,9 +95,9 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     };
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let mut facts = RunFacts::default();
-    // `stop` ends the run early (Ctrl-C or --fail-fast); `interrupted` tells which.
+    // `stop` ends the run early (a signal or --fail-fast); `signal` is the signal's number, or 0.
     let stop = Arc::new(AtomicBool::new(false));
-    let interrupted = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicI32::new(0));
 
     // Everything that needs no model is settled; the model is loaded only if there is work.
     let model = if to_run.is_empty() {
@@ -118,7 +123,7 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     }
     let failed_early = args.fail_fast && !discovery.problems.is_empty();
     if let (Some(segmenter), false) = (&segmenter, failed_early) {
-        stop_on_ctrl_c(&stop, &interrupted);
+        stop_on_signals(&stop, &signal);
         let options = StreamOptions {
             decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             keep_images: args.overlay.is_some(),
@@ -131,7 +136,7 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
         stream::run(segmenter, &source, &options, &stop, &mut |index, result| {
             let job = &to_run[index];
             let outcome = result.and_then(|result| {
-                write_outputs(job, &result, &classes, args.alpha)?;
+                write_outputs(job, &result, &classes, args.alpha, args.out.as_deref())?;
                 Ok(Outcome {
                     width: result.segmentation.width,
                     height: result.segmentation.height,
@@ -149,10 +154,11 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     }
     let counts = reporter.counts();
     facts.not_started = total - counts.ok - counts.skipped - counts.failed;
-    facts.interrupted = interrupted.load(Ordering::SeqCst);
+    let signal = signal.load(Ordering::SeqCst);
+    facts.interrupted = signal != 0;
     reporter.summary(&facts);
     Ok(if facts.interrupted {
-        ExitCode::from(EXIT_INTERRUPTED)
+        ExitCode::from(u8::try_from(EXIT_SIGNALLED + signal).unwrap_or(u8::MAX))
     } else if counts.failed > 0 {
         ExitCode::FAILURE
     } else {
@@ -160,15 +166,44 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     })
 }
 
-/// The model named by `--model`, once the settings are known to fit its patch size.
-fn load_model(args: &SegmentArgs, device: &Device, settings: &Settings) -> Result<Model> {
-    let model = Model::open(&args.model, &args.revision, device, args.dtype.into())
-        .with_context(|| format!("cannot load model {}", args.model))?;
-    settings.validate_for_patch(model.config().vision.patch_size)?;
+/// The model named by `--model`, once the settings are known to fit its patch size (read from
+/// its config before the weights, so that a usage error stays one).
+fn load_model(args: &SegmentArgs, device: &Device, settings: &Settings) -> Result<Model, Failure> {
+    let cannot_load = || format!("cannot load model {}", args.model);
+    let files = resolve_model(&args.model, &args.revision).with_context(cannot_load)?;
+    let config = ClipConfig::from_file(&files.config).with_context(cannot_load)?;
+    settings
+        .validate_for_patch(config.vision.patch_size)
+        .map_err(|error| Failure::Usage(error.into()))?;
+    let model = Model::load(files, device, args.dtype.into()).with_context(cannot_load)?;
     if let (true, Some(note)) = (args.verbose, model.compute_note()) {
         eprintln!("sclip: {note}");
     }
     Ok(model)
+}
+
+/// `--out` must be a folder, or a path where one can be made.
+fn check_out_folder(out: &Path) -> Result<()> {
+    let Some(existing) = out
+        .ancestors()
+        .find(|path| !path.as_os_str().is_empty() && std::fs::symlink_metadata(path).is_ok())
+    else {
+        return Ok(());
+    };
+    if !existing.is_dir() {
+        if existing == out {
+            bail!(
+                "--out {} exists and is not a folder; name a folder for the outputs",
+                out.display()
+            );
+        }
+        bail!(
+            "--out {}: {} exists and is not a folder; name a folder for the outputs",
+            out.display(),
+            existing.display()
+        );
+    }
+    Ok(())
 }
 
 /// The class queries (from the cache unless `--no-cache`) joined with the model and settings;
@@ -196,13 +231,46 @@ fn segmenter<'m>(
     Segmenter::new(model, queries, settings)
 }
 
-/// The first Ctrl-C stops feeding the model and lets the images being written finish; the
-/// second quits at once.
-fn stop_on_ctrl_c(stop: &Arc<AtomicBool>, interrupted: &Arc<AtomicBool>) {
-    let (stop, interrupted) = (Arc::clone(stop), Arc::clone(interrupted));
+/// The first SIGINT (Ctrl-C), SIGTERM or SIGHUP stops feeding the model and lets the images being
+/// written finish; a second one removes the files being written and quits at once. `signal`
+/// records the first one's number.
+#[cfg(unix)]
+fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::iterator::Signals;
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(err) => {
+            eprintln!("sclip: warning: Ctrl-C and SIGTERM will stop at once: {err}");
+            return;
+        }
+    };
+    let (stop, signal) = (Arc::clone(stop), Arc::clone(signal));
+    std::thread::spawn(move || {
+        for number in signals.forever() {
+            if signal.swap(number, Ordering::SeqCst) != 0 {
+                remove_temporaries_in_flight();
+                std::process::exit(EXIT_SIGNALLED + number);
+            }
+            stop.store(true, Ordering::SeqCst);
+            let name = signal_hook::low_level::signal_name(number).unwrap_or("a signal");
+            eprintln!(
+                "sclip: interrupted by {name}; finishing the images being written (a second \
+                 Ctrl-C or {name} quits at once)"
+            );
+        }
+    });
+}
+
+/// Ctrl-C, as [`stop_on_signals`] does on Unix.
+#[cfg(not(unix))]
+fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>) {
+    const SIGINT: i32 = 2;
+    let (stop, signal) = (Arc::clone(stop), Arc::clone(signal));
     let handler = ctrlc::set_handler(move || {
-        if interrupted.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        if signal.swap(SIGINT, Ordering::SeqCst) != 0 {
+            remove_temporaries_in_flight();
+            std::process::exit(EXIT_SIGNALLED + SIGINT);
         }
         stop.store(true, Ordering::SeqCst);
         eprintln!(
