@@ -785,3 +785,35 @@ fn names_with_control_bytes_are_escaped_and_json_keeps_their_bytes() {
     assert!(Path::new(std::ffi::OsStr::from_bytes(&mask)).is_file());
     assert!(lines[0].get("path_bytes").is_some() && summary(&lines)["ok"] == 1);
 }
+
+/// A signal before the images start (here while the list is still being read from stdin) has
+/// nothing to let finish: the run says so and exits with 128 + the signal at once.
+#[test]
+#[cfg(unix)]
+fn a_signal_before_the_images_start_ends_the_run_at_once() {
+    let mut child = sclip_process()
+        .args(["segment", "--files-from", "-", "--out"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .args(["--classes", "a,b", "--model"])
+        .arg(fixture_model())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stdin = child.stdin.take();
+    let output = child.wait_with_output().unwrap();
+    drop(stdin);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by SIGTERM before any image started"),
+        "{stderr}"
+    );
+}

@@ -30,6 +30,12 @@ use crate::{Failure, EXIT_SIGNALLED};
 
 pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     let setup_started = Instant::now();
+    // `stop` ends the run early (a signal or --fail-fast); `signal` is the signal's number, or 0.
+    let stop = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicI32::new(0));
+    // Until the images start, a signal has nothing to let finish and quits at once.
+    let streaming = Arc::new(AtomicBool::new(false));
+    stop_on_signals(&stop, &signal, &streaming);
     let preset = args
         .preset
         .as_deref()
@@ -95,9 +101,6 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     };
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
     let mut facts = RunFacts::default();
-    // `stop` ends the run early (a signal or --fail-fast); `signal` is the signal's number, or 0.
-    let stop = Arc::new(AtomicBool::new(false));
-    let signal = Arc::new(AtomicI32::new(0));
 
     // Everything that needs no model is settled; the model is loaded only if there is work.
     let model = if to_run.is_empty() {
@@ -123,7 +126,7 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     }
     let failed_early = args.fail_fast && !discovery.problems.is_empty();
     if let (Some(segmenter), false) = (&segmenter, failed_early) {
-        stop_on_signals(&stop, &signal);
+        streaming.store(true, Ordering::SeqCst);
         let options = StreamOptions {
             decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             keep_images: args.overlay.is_some(),
@@ -231,11 +234,11 @@ fn segmenter<'m>(
     Segmenter::new(model, queries, settings)
 }
 
-/// The first SIGINT (Ctrl-C), SIGTERM or SIGHUP stops feeding the model and lets the images being
-/// written finish; a second one removes the files being written and quits at once. `signal`
-/// records the first one's number.
+/// Once `streaming` is set, the first SIGINT (Ctrl-C), SIGTERM or SIGHUP stops feeding the model
+/// and lets the images being written finish; a second one removes the files being written and
+/// quits at once, as the first does before. `signal` records the first one's number.
 #[cfg(unix)]
-fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>) {
+fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>, streaming: &Arc<AtomicBool>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     use signal_hook::iterator::Signals;
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
@@ -245,15 +248,20 @@ fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>) {
             return;
         }
     };
-    let (stop, signal) = (Arc::clone(stop), Arc::clone(signal));
+    let (stop, signal, streaming) = (Arc::clone(stop), Arc::clone(signal), Arc::clone(streaming));
     std::thread::spawn(move || {
         for number in signals.forever() {
+            let name = signal_hook::low_level::signal_name(number).unwrap_or("a signal");
+            if !streaming.load(Ordering::SeqCst) {
+                remove_temporaries_in_flight();
+                eprintln!("sclip: interrupted by {name} before any image started");
+                std::process::exit(EXIT_SIGNALLED + number);
+            }
             if signal.swap(number, Ordering::SeqCst) != 0 {
                 remove_temporaries_in_flight();
                 std::process::exit(EXIT_SIGNALLED + number);
             }
             stop.store(true, Ordering::SeqCst);
-            let name = signal_hook::low_level::signal_name(number).unwrap_or("a signal");
             eprintln!(
                 "sclip: interrupted by {name}; finishing the images being written (a second \
                  Ctrl-C or {name} quits at once)"
@@ -264,11 +272,11 @@ fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>) {
 
 /// Ctrl-C, as [`stop_on_signals`] does on Unix.
 #[cfg(not(unix))]
-fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>) {
+fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>, streaming: &Arc<AtomicBool>) {
     const SIGINT: i32 = 2;
-    let (stop, signal) = (Arc::clone(stop), Arc::clone(signal));
+    let (stop, signal, streaming) = (Arc::clone(stop), Arc::clone(signal), Arc::clone(streaming));
     let handler = ctrlc::set_handler(move || {
-        if signal.swap(SIGINT, Ordering::SeqCst) != 0 {
+        if !streaming.load(Ordering::SeqCst) || signal.swap(SIGINT, Ordering::SeqCst) != 0 {
             remove_temporaries_in_flight();
             std::process::exit(EXIT_SIGNALLED + SIGINT);
         }
