@@ -29,7 +29,8 @@ pub enum Command {
     /// whose pixel values are class indices.
     ///
     /// Exit status: 0 when every image was segmented (or skipped), 1 when any failed, 2 for
-    /// usage errors, 130 when interrupted.
+    /// usage errors (nothing started), 128+N when stopped by signal N (130 Ctrl-C, 143 SIGTERM,
+    /// 129 SIGHUP).
     Segment(Box<SegmentArgs>),
     /// List the benchmark presets, or print one preset's class file (to copy and edit).
     Presets {
