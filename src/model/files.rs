@@ -35,17 +35,21 @@ impl WeightsFile {
     }
 }
 
-/// A model is named by a folder when the name looks like a path (or one exists there);
-/// otherwise by a hub repo id.
+/// A model is named by a folder when the name looks like a path: it starts like one, or its
+/// first component exists here (`models/x` with a `models` folder), or it exists; otherwise by
+/// a hub repo id.
 pub fn looks_like_path(model: &str) -> bool {
     let has_path_prefix = ["/", "./", "../", "~", ".\\", "..\\"]
         .iter()
         .any(|p| model.starts_with(p));
+    let first_component_exists = model
+        .split_once('/')
+        .is_some_and(|(first, _)| !first.is_empty() && Path::new(first).exists());
     has_path_prefix
-        || model == "."
-        || model == ".."
+        || model.starts_with('.')
         || model.contains('\\')
         || model.matches('/').count() > 1
+        || first_component_exists
         || Path::new(model).exists()
 }
 
@@ -61,9 +65,15 @@ pub fn resolve_model(model: &str, revision: &str) -> Result<ModelFiles> {
 
 fn local_model_files(dir: &Path) -> Result<ModelFiles> {
     if !dir.is_dir() {
+        let what = if dir.exists() {
+            "is not a folder"
+        } else {
+            "no such folder"
+        };
         bail!(
-            "model directory {} does not exist; pass a folder holding {CONFIG_FILE}, {TOKENIZER_FILE} and \
-             {SAFETENSORS_FILE}, or a hub repo id such as {DEFAULT_MODEL}",
+            "{}: {what}; a model is a folder holding {CONFIG_FILE}, {TOKENIZER_FILE} and \
+             {SAFETENSORS_FILE}, or a hub repo id such as {DEFAULT_MODEL} (a name is taken for a \
+             folder when it starts with '.', '/' or '~', or its first component exists here)",
             dir.display()
         );
     }
@@ -228,5 +238,19 @@ mod tests {
         assert!(looks_like_path("../clip"));
         assert!(looks_like_path("~/clip"));
         assert!(looks_like_path("a/b/c"));
+        assert!(looks_like_path(".models/clip"));
+    }
+
+    /// Unit tests run in the crate's root, which has a `src` folder.
+    #[test]
+    fn a_name_whose_first_component_exists_is_a_missing_folder() {
+        assert!(looks_like_path("src/no-such-model"));
+        let missing = resolve_model("src/no-such-model", "main")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("src/no-such-model: no such folder"),
+            "{missing}"
+        );
     }
 }
