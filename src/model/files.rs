@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
+
+use super::hub::{HubOptions, HubRepo};
 
 pub const DEFAULT_MODEL: &str = "openai/clip-vit-base-patch16";
 
@@ -56,10 +58,15 @@ pub fn looks_like_path(model: &str) -> bool {
 /// Resolves a model's name (a folder, or a hub repo id at `revision`) to files on disk,
 /// downloading from the hub when needed and allowed.
 pub fn resolve_model(model: &str, revision: &str) -> Result<ModelFiles> {
+    resolve_model_with(model, revision, HubOptions::default())
+}
+
+/// [`resolve_model`], saying what the hub client does as `options` ask.
+pub fn resolve_model_with(model: &str, revision: &str, options: HubOptions) -> Result<ModelFiles> {
     if looks_like_path(model) {
         local_model_files(Path::new(model))
     } else {
-        hub::model_files(model, revision)
+        hub_model_files(model, revision, options)
     }
 }
 
@@ -125,104 +132,30 @@ impl std::fmt::Display for NotCached {
 
 impl std::error::Error for NotCached {}
 
-mod hub {
-    //! The hub's own conventions: HF_HUB_CACHE or HF_HOME/hub for the cache, HF_HUB_OFFLINE=1 to
-    //! never touch the network, HF_ENDPOINT for mirrors, HF_TOKEN (or the saved token) for gated repos.
-    use super::*;
-    use hf_hub::api::sync::{ApiBuilder, ApiError};
-    use hf_hub::{Cache, Repo, RepoType};
-
-    fn cache_from_env() -> Cache {
-        match std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
-            Some(dir) => Cache::new(PathBuf::from(dir)),
-            None => Cache::from_env(),
-        }
-    }
-
-    fn offline() -> bool {
-        std::env::var("HF_HUB_OFFLINE")
-            .map(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "1" | "true" | "yes" | "on"
-                )
-            })
-            .unwrap_or(false)
-    }
-
-    /// Where files come from: the cache alone (offline), or the hub through the cache.
-    enum Source {
-        Cache(hf_hub::CacheRepo),
-        Hub(Box<hf_hub::api::sync::ApiRepo>),
-    }
-
-    impl Source {
-        /// The local path of `name`, or None when the repo revision has no such file.
-        fn fetch(&self, name: &str, repo_id: &str, cache: &Cache) -> Result<Option<PathBuf>> {
-            match self {
-                Source::Cache(cached) => Ok(cached.get(name)),
-                Source::Hub(remote) => match remote.get(name) {
-                    Ok(path) => Ok(Some(path)),
-                    Err(ApiError::RequestError(err))
-                        if matches!(*err, ureq::Error::StatusCode(404)) =>
-                    {
-                        Ok(None)
-                    }
-                    Err(err) => Err(anyhow!(
-                        "cannot download {name} of {repo_id}: {err}; check the network (or HF_ENDPOINT), \
-                         or, if the model was downloaded before, set HF_HUB_OFFLINE=1 to use the cache in {}",
-                        cache.path().display()
-                    )),
-                },
-            }
-        }
-    }
-
-    pub fn model_files(repo_id: &str, revision: &str) -> Result<ModelFiles> {
-        let cache = cache_from_env();
-        let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
-        let source = if offline() {
-            Source::Cache(cache.repo(repo))
-        } else {
-            let mut builder = ApiBuilder::from_cache(cache.clone()).with_progress(true);
-            if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-                builder = builder.with_endpoint(endpoint);
-            }
-            if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
-                builder = builder.with_token(Some(token));
-            }
-            let api = builder
-                .build()
-                .context("cannot set up the Hugging Face hub client")?;
-            Source::Hub(Box::new(api.repo(repo)))
-        };
-        let fetch = |name: &str| source.fetch(name, repo_id, &cache);
-        let missing = |name: &str| {
-            if offline() {
-                anyhow::Error::new(NotCached {
-                    repo_id: repo_id.to_string(),
-                    revision: revision.to_string(),
-                    file: name.to_string(),
-                    cache_dir: cache.path().clone(),
-                })
-            } else {
-                anyhow!("{repo_id} (revision {revision}) has no file {name} on the hub")
-            }
-        };
-        let config = fetch(CONFIG_FILE)?.ok_or_else(|| missing(CONFIG_FILE))?;
-        let tokenizer = fetch(TOKENIZER_FILE)?.ok_or_else(|| missing(TOKENIZER_FILE))?;
-        let weights = match fetch(SAFETENSORS_FILE)? {
-            Some(path) => WeightsFile::Safetensors(path),
-            None => {
-                WeightsFile::Pytorch(fetch(PYTORCH_FILE)?.ok_or_else(|| missing(SAFETENSORS_FILE))?)
-            }
-        };
-        Ok(ModelFiles {
-            config,
-            tokenizer,
-            weights,
-        })
-    }
+fn hub_model_files(repo_id: &str, revision: &str, options: HubOptions) -> Result<ModelFiles> {
+    let mut repo = HubRepo::from_env(repo_id, revision, options)?;
+    let mut get = |name: &str| repo.get(name)?.ok_or_else(|| repo.missing(name));
+    let config = get(CONFIG_FILE)?;
+    let tokenizer = get(TOKENIZER_FILE)?;
+    let weights = match repo.get(SAFETENSORS_FILE) {
+        Ok(Some(path)) => WeightsFile::Safetensors(path),
+        // Offline, a cache holding only the pickle (and no record that the revision lacks the
+        // safetensors file) still loads, as transformers falls back to it.
+        Err(not_cached) if not_cached.is::<NotCached>() => match repo.get(PYTORCH_FILE) {
+            Ok(Some(path)) => WeightsFile::Pytorch(path),
+            _ => return Err(not_cached),
+        },
+        Err(error) => return Err(error),
+        Ok(None) => WeightsFile::Pytorch(
+            repo.get(PYTORCH_FILE)?
+                .ok_or_else(|| anyhow!("{}, nor {SAFETENSORS_FILE}", repo.missing(PYTORCH_FILE)))?,
+        ),
+    };
+    Ok(ModelFiles {
+        config,
+        tokenizer,
+        weights,
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
+use sclip::model::HubOptions;
 use sclip::presets::{self, Preset};
 use sclip::stream::{self, Ending, ImageFiles, StreamOptions};
 use sclip::text::cache::default_cache_dir;
@@ -162,7 +163,10 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
 
 /// The model named by `--model`, once the settings are known to fit its patch size.
 fn load_model(args: &SegmentArgs, device: &Device, settings: &Settings) -> Result<Model> {
-    let model = Model::open(&args.model, &args.revision, device, args.dtype.into())
+    let hub = HubOptions {
+        progress: !args.quiet,
+    };
+    let model = Model::open_with(&args.model, &args.revision, device, args.dtype.into(), hub)
         .with_context(|| format!("cannot load model {}", args.model))?;
     settings.validate_for_patch(model.config().vision.patch_size)?;
     if let (true, Some(note)) = (args.verbose, model.compute_note()) {
