@@ -204,7 +204,7 @@ enum Ranges {
 }
 
 /// The CDN serving `/blobs/{sha256}`, with `tamper` applied to what it sends.
-fn start_cdn(files: &[HubFile], ranges: Ranges, tamper: fn(&mut Vec<u8>)) -> Server {
+fn start_cdn(files: &[HubFile], ranges: Ranges, tamper: fn(Vec<u8>) -> Vec<u8>) -> Server {
     let files = files.to_vec();
     Server::start(move |request| {
         let Some(file) = files
@@ -213,9 +213,7 @@ fn start_cdn(files: &[HubFile], ranges: Ranges, tamper: fn(&mut Vec<u8>)) -> Ser
         else {
             return Reply::new(404);
         };
-        let mut bytes = file.bytes.clone();
-        tamper(&mut bytes);
-        ranged(bytes, request, ranges)
+        ranged(tamper(file.bytes.clone()), request, ranges)
     })
 }
 
@@ -288,7 +286,7 @@ struct Emulator {
     files: Vec<HubFile>,
 }
 
-fn start_emulator(fixture: &str, ranges: Ranges, tamper: fn(&mut Vec<u8>)) -> Emulator {
+fn start_emulator(fixture: &str, ranges: Ranges, tamper: fn(Vec<u8>) -> Vec<u8>) -> Emulator {
     let files = repo_files(fixture);
     let cdn = start_cdn(&files, ranges, tamper);
     let (served, cdn_url) = (files.clone(), cdn.url());
@@ -296,7 +294,9 @@ fn start_emulator(fixture: &str, ranges: Ranges, tamper: fn(&mut Vec<u8>)) -> Em
     Emulator { hub, cdn, files }
 }
 
-fn untouched(_: &mut Vec<u8>) {}
+fn untouched(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+}
 
 /// `sclip segment` of the astronaut by repo id, online against `endpoint`, with the hub's
 /// variables cleared but for `HF_HOME=home`.
@@ -551,19 +551,21 @@ fn a_resumed_download_is_right_whatever_the_server_does_with_the_range() {
     }
 }
 
-fn flip_one_byte(bytes: &mut Vec<u8>) {
+fn flip_one_byte(mut bytes: Vec<u8>) -> Vec<u8> {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 1;
+    bytes
 }
 
-fn drop_last_byte(bytes: &mut Vec<u8>) {
+fn drop_last_byte(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes.pop();
+    bytes
 }
 
 #[test]
 fn a_download_of_the_wrong_hash_or_size_is_refused_and_not_kept() {
     for (tamper, words) in [
-        (flip_one_byte as fn(&mut Vec<u8>), "sha256"),
+        (flip_one_byte as fn(Vec<u8>) -> Vec<u8>, "sha256"),
         (drop_last_byte, "bytes where the hub said"),
     ] {
         let emulator = start_emulator("model", Ranges::Honoured, tamper);

@@ -97,7 +97,7 @@ impl HubRepo {
             }
         }
         let Some(remote) = &self.remote else {
-            return self.from_cache_alone(file);
+            return self.cached_only(file);
         };
         let url = remote.resolve_url(&self.repo_id, self.asked_revision(), file);
         self.last_asked = Some(url.clone());
@@ -127,7 +127,7 @@ impl HubRepo {
                 }
                 Ok(None)
             }
-            Err(HeadFailure::Unreachable(error)) => self.from_cache_when_unreachable(file, error),
+            Err(HeadFailure::Unreachable(error)) => self.cached_when_unreachable(file, error),
             Err(HeadFailure::Refused(error)) => Err(error),
         }
     }
@@ -170,7 +170,7 @@ impl HubRepo {
             .or_else(|| self.cache.commit_of(&self.revision))
     }
 
-    fn from_cache_alone(&self, file: &str) -> Result<Option<PathBuf>> {
+    fn cached_only(&self, file: &str) -> Result<Option<PathBuf>> {
         let lookup = match self.cached_commit() {
             Some(commit) => self.cache.lookup(&commit, file),
             None => Cached::Unknown,
@@ -189,7 +189,7 @@ impl HubRepo {
 
     /// As the Python client does, a hub that cannot be reached is no error when the cache
     /// already has what the revision last pointed at.
-    fn from_cache_when_unreachable(
+    fn cached_when_unreachable(
         &mut self,
         file: &str,
         error: anyhow::Error,
