@@ -656,12 +656,18 @@ fn a_download_that_stalls_midway_fails_within_the_timeout() {
 }
 
 #[test]
-fn a_bad_timeout_value_is_refused_by_name() {
-    let (home, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut command = segment_online(&dead_endpoint(), home.path(), out.path());
-    command.env("HF_HUB_ETAG_TIMEOUT", "soon");
-    let text = assert_one_line_failure(&run(command), out.path());
-    assert!(text.contains("HF_HUB_ETAG_TIMEOUT=\"soon\""), "{text}");
+fn bad_hub_settings_are_refused_by_name() {
+    for (variable, value) in [
+        ("HF_HUB_ETAG_TIMEOUT", "soon"),
+        ("HF_HUB_DOWNLOAD_TIMEOUT", "-1"),
+        ("HF_ENDPOINT", "ftp://mirror"),
+    ] {
+        let (home, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut command = segment_online(&dead_endpoint(), home.path(), out.path());
+        command.env(variable, value);
+        let text = assert_one_line_failure(&run(command), out.path());
+        assert!(text.contains(&format!("{variable}={value:?}")), "{text}");
+    }
 }
 
 #[test]

@@ -593,9 +593,11 @@ impl Remote {
         endpoint
             .parse::<Uri>()
             .ok()
-            .filter(|uri| uri.scheme().is_some() && uri.host().is_some())
+            .filter(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+            })
             .ok_or_else(|| {
-                anyhow!("HF_ENDPOINT={endpoint:?} is not a URL such as {DEFAULT_ENDPOINT}")
+                anyhow!("HF_ENDPOINT={endpoint:?} is not an http(s) URL such as {DEFAULT_ENDPOINT}")
             })?;
         let etag_timeout = timeout_from_env(TimeoutKind::Etag, DEFAULT_ETAG_TIMEOUT_S)?;
         let download_timeout = timeout_from_env(TimeoutKind::Download, DEFAULT_DOWNLOAD_TIMEOUT_S)?;
