@@ -801,3 +801,41 @@ fn a_missing_folder_whose_parent_exists_is_no_such_folder() {
     let text = assert_one_line_failure(&run(command), out.path());
     assert!(text.contains("models/x: no such folder"), "{text}");
 }
+
+/// Jobs of an array starting at once on an empty shared cache: one downloads each blob while the
+/// others wait on its lock, then all load it.
+#[test]
+fn concurrent_runs_download_each_blob_once() {
+    let files = repo_files("model");
+    let served = files.clone();
+    let cdn = Server::start(move |request| {
+        std::thread::sleep(Duration::from_millis(500));
+        let file = served
+            .iter()
+            .find(|f| request.path == format!("/blobs/{}", f.sha256()))
+            .unwrap();
+        ranged(file.bytes.clone(), request, Ranges::Honoured)
+    });
+    let cdn_url = cdn.url();
+    let hub = Server::start(move |request| hub_reply(&files, &cdn_url, request));
+    let home = tempfile::tempdir().unwrap();
+    let outs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let children: Vec<_> = outs
+        .iter()
+        .map(|out| {
+            segment_online(&hub.url(), home.path(), out.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        assert_success(&child.wait_with_output().unwrap());
+    }
+    let reference = local_mask("model");
+    for out in &outs {
+        assert_eq!(mask(out.path()), reference);
+    }
+    assert_eq!(cdn.requests().len(), 1, "{:?}", cdn.requests());
+}
