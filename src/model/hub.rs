@@ -24,10 +24,10 @@ use ureq::http::{HeaderMap, Uri};
 use super::files::NotCached;
 use crate::atomic_write::write_atomically;
 
-pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// The Python client's defaults for the same variables, in seconds.
-pub const DEFAULT_ETAG_TIMEOUT_S: f64 = 10.0;
-pub const DEFAULT_DOWNLOAD_TIMEOUT_S: f64 = 10.0;
+const DEFAULT_ETAG_TIMEOUT_S: f64 = 10.0;
+const DEFAULT_DOWNLOAD_TIMEOUT_S: f64 = 10.0;
 /// How long a request may go unanswered before a line on stderr says what sclip waits for.
 const WAIT_NOTICE_AFTER: Duration = Duration::from_secs(1);
 const MAX_REDIRECTS: usize = 10;
@@ -796,7 +796,7 @@ fn metadata_from(headers: &HeaderMap, download_url: String, url: &str) -> Result
         .and_then(|size| size.trim().parse().ok())
         .ok_or_else(|| not_a_hub("the file's size (X-Linked-Size or Content-Length)"))?;
     Ok(Metadata {
-        commit: commit.to_ascii_lowercase(),
+        commit,
         etag,
         size,
         download_url,
@@ -823,9 +823,7 @@ fn head_error(url: &str, status: u16, headers: &HeaderMap) -> HeadFailure {
     let code = header(headers, "x-error-code");
     match (status, code.as_deref()) {
         (404, Some("EntryNotFound")) => HeadFailure::EntryNotFound {
-            commit: header(headers, "x-repo-commit")
-                .filter(|c| is_commit_hash(c))
-                .map(|c| c.to_ascii_lowercase()),
+            commit: header(headers, "x-repo-commit").filter(|c| is_commit_hash(c)),
         },
         (500..=599, _) => HeadFailure::Unreachable(http_error(url, status, headers)),
         _ => HeadFailure::Refused(http_error(url, status, headers)),
@@ -919,8 +917,12 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-pub fn is_commit_hash(revision: &str) -> bool {
-    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
+/// As the Python client's `REGEX_COMMIT_HASH`: snapshot folders are named in lower case.
+fn is_commit_hash(revision: &str) -> bool {
+    revision.len() == 40
+        && revision
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The hub's rule for repo ids (`org/name` or `name`), which also keeps the cache folder
@@ -1078,5 +1080,7 @@ mod tests {
             assert!(check_revision(bad).is_err(), "{bad:?}");
         }
         assert_eq!(percent_encode("refs/pr/1"), "refs%2Fpr%2F1");
+        assert!(is_commit_hash("0123456789abcdef0123456789abcdef01234567"));
+        assert!(!is_commit_hash("0123456789ABCDEF0123456789ABCDEF01234567"));
     }
 }
