@@ -128,7 +128,7 @@ fn missing_model_directory() {
             "--classes",
             "a,b",
         ],
-        "model directory ./no-such-model does not exist",
+        "./no-such-model: no such folder",
     );
 }
 

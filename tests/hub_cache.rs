@@ -146,3 +146,39 @@ fn offline_and_not_cached_says_where_it_looked_and_what_to_do() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
 }
+
+/// Python's `hf_hub_download(revision=<commit>)` writes the snapshot and no ref: the commit
+/// names the snapshot folder directly.
+#[test]
+fn a_revision_given_as_a_commit_finds_its_snapshot_offline() {
+    let home = tempfile::tempdir().unwrap();
+    let repo = lay_out_cache(
+        home.path(),
+        &fixtures().join("model"),
+        &["config.json", "tokenizer.json", "model.safetensors"],
+    );
+    std::fs::remove_dir_all(repo.join("refs")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let output = sclip()
+        .env("HF_HOME", home.path())
+        .env_remove("HF_HUB_CACHE")
+        .args([
+            "segment",
+            fixtures().join("images/astronaut.jpg").to_str().unwrap(),
+        ])
+        .args(["--model", REPO, "--revision", COMMIT])
+        .args(["--classes", "person,sky,wall", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reference = tempfile::tempdir().unwrap();
+    assert_eq!(
+        std::fs::read(out.path().join("astronaut.png")).unwrap(),
+        local_mask(&fixtures().join("model"), reference.path())
+    );
+}

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod device;
 pub mod files;
+mod hub;
 pub mod weights;
 
 use anyhow::{Context, Result};
@@ -13,7 +14,10 @@ use candle_nn::VarBuilder;
 
 pub use config::ClipConfig;
 pub use device::{parse_device, DeviceError};
-pub use files::{resolve_model, ModelFiles, NotCached, WeightsFile, DEFAULT_MODEL};
+pub use files::{
+    resolve_model, resolve_model_with, ModelFiles, NotCached, WeightsFile, DEFAULT_MODEL,
+};
+pub use hub::HubOptions;
 
 use crate::text::TextEncoder;
 use crate::transformer::amx;
@@ -77,7 +81,18 @@ impl Model {
 
     /// Resolves `model` (a folder, or a hub repo id at `revision`) and loads it.
     pub fn open(model: &str, revision: &str, device: &Device, dtype: DType) -> Result<Self> {
-        let files = resolve_model(model, revision)?;
+        Model::open_with(model, revision, device, dtype, HubOptions::default())
+    }
+
+    /// [`Model::open`], with the hub client reporting on stderr as `hub` asks.
+    pub fn open_with(
+        model: &str,
+        revision: &str,
+        device: &Device,
+        dtype: DType,
+        hub: HubOptions,
+    ) -> Result<Self> {
+        let files = resolve_model_with(model, revision, hub)?;
         Model::load(files, device, dtype)
     }
 

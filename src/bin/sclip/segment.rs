@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 
 use sclip::atomic_write::remove_temporaries_in_flight;
-use sclip::model::{resolve_model, ClipConfig};
+use sclip::model::{resolve_model_with, ClipConfig, HubOptions};
 use sclip::presets::{self, Preset};
 use sclip::stream::{self, Ending, ImageFiles, StreamOptions};
 use sclip::text::cache::default_cache_dir;
@@ -173,7 +173,10 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
 /// its config before the weights, so that a usage error stays one).
 fn load_model(args: &SegmentArgs, device: &Device, settings: &Settings) -> Result<Model, Failure> {
     let cannot_load = || format!("cannot load model {}", args.model);
-    let files = resolve_model(&args.model, &args.revision).with_context(cannot_load)?;
+    let hub = HubOptions {
+        progress: !args.quiet,
+    };
+    let files = resolve_model_with(&args.model, &args.revision, hub).with_context(cannot_load)?;
     let config = ClipConfig::from_file(&files.config).with_context(cannot_load)?;
     settings
         .validate_for_patch(config.vision.patch_size)
