@@ -1,12 +1,21 @@
 //! Class lists: what the user asks to find. A class has one or more names (synonyms); its
 //! score at a pixel is the best of its names'. Class 0 is the background where thresholds apply.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
 /// Labels are written as 8-bit PNG indices.
 pub const MAX_CLASSES: usize = 256;
+
+/// Names (classes and their synonyms together) per run. Every name is a plane of the logit
+/// canvas: at the default settings one costs about 0.6 MB per image in flight (a 448 x 336
+/// canvas in f32), so this keeps a run within about a gigabyte of logits at most.
+pub const MAX_NAMES: usize = 1024;
+
+/// Editors on Windows start UTF-8 files with it; it is no part of the first name.
+const BYTE_ORDER_MARK: char = '\u{feff}';
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassList {
@@ -29,6 +38,7 @@ impl ClassList {
     /// A class file: one class per line, its names separated by commas; `#` starts a comment;
     /// blank lines are ignored.
     pub fn parse_file_contents(text: &str) -> Result<Self> {
+        let text = text.strip_prefix(BYTE_ORDER_MARK).unwrap_or(text);
         let mut classes = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let content = line.split('#').next().unwrap_or("").trim();
@@ -55,6 +65,16 @@ impl ClassList {
             return Err(ClassListError::TooMany {
                 count: classes.len(),
             });
+        }
+        let names = classes.iter().map(Vec::len).sum();
+        if names > MAX_NAMES {
+            return Err(ClassListError::TooManyNames { count: names });
+        }
+        // Two equal names get equal queries: the later one could never win a pixel, and its
+        // class would be silently empty.
+        let mut seen = HashSet::new();
+        if let Some(name) = classes.iter().flatten().find(|name| !seen.insert(*name)) {
+            return Err(ClassListError::DuplicateName { name: name.clone() });
         }
         Ok(ClassList { classes })
     }
@@ -94,6 +114,14 @@ pub enum ClassListError {
     TooMany {
         count: usize,
     },
+    /// More names, synonyms included, than [`MAX_NAMES`].
+    TooManyNames {
+        count: usize,
+    },
+    /// A name given twice, as a class or a synonym.
+    DuplicateName {
+        name: String,
+    },
 }
 
 impl std::fmt::Display for ClassListError {
@@ -106,6 +134,15 @@ impl std::fmt::Display for ClassListError {
             ClassListError::TooMany { count } => write!(
                 f,
                 "{count} classes given, but label PNGs hold at most {MAX_CLASSES}; split the list"
+            ),
+            ClassListError::TooManyNames { count } => write!(
+                f,
+                "{count} names given (classes and synonyms together), over the limit of \
+                 {MAX_NAMES} per run; drop synonyms or split the list over several runs"
+            ),
+            ClassListError::DuplicateName { name } => write!(
+                f,
+                "{name:?} is named twice; give each name once, as one class or one synonym"
             ),
         }
     }
@@ -176,6 +213,68 @@ mod tests {
         assert_eq!(
             ClassList::parse_inline(&too_many),
             Err(ClassListError::TooMany { count: 257 })
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_name() {
+        let list = ClassList::parse_file_contents("\u{feff}sky\r\ntree, bush\r\n").unwrap();
+        assert_eq!(list.queries().0, ["sky", "tree", "bush"]);
+        // Only a leading one is a byte order mark; elsewhere it is a (strange) character.
+        let list = ClassList::parse_file_contents("sky\n\u{feff}tree\n").unwrap();
+        assert_eq!(list.queries().0, ["sky", "\u{feff}tree"]);
+    }
+
+    #[test]
+    fn a_name_given_twice_is_refused_after_trimming() {
+        let duplicate = |name: &str| {
+            Err(ClassListError::DuplicateName {
+                name: name.to_string(),
+            })
+        };
+        assert_eq!(
+            ClassList::parse_inline("person,person"),
+            duplicate("person")
+        );
+        assert_eq!(
+            ClassList::parse_inline("person, car | person"),
+            duplicate("person")
+        );
+        assert_eq!(ClassList::parse_inline("car|auto|car"), duplicate("car"));
+        let error = ClassList::parse_file_contents("sky\ndog, puppy\n  puppy  # again\n")
+            .unwrap_err()
+            .downcast::<ClassListError>()
+            .unwrap();
+        assert_eq!(Err(error), duplicate("puppy"));
+        // Case and inner spacing are the user's: only what the parser trims is compared.
+        assert!(ClassList::parse_inline("Person,person,big dog,big  dog").is_ok());
+    }
+
+    #[test]
+    fn names_are_capped_synonyms_included() {
+        let names = |count: usize| (0..count).map(|i| format!("n{i}")).collect::<Vec<_>>();
+        let one_class = |count| names(count).join("|");
+        assert_eq!(
+            ClassList::parse_inline(&one_class(MAX_NAMES))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            ClassList::parse_inline(&one_class(MAX_NAMES + 1)),
+            Err(ClassListError::TooManyNames {
+                count: MAX_NAMES + 1
+            })
+        );
+        let line = names(4000).join(",");
+        let error = ClassList::parse_file_contents(&line).unwrap_err();
+        assert_eq!(
+            error.downcast_ref::<ClassListError>(),
+            Some(&ClassListError::TooManyNames { count: 4000 })
+        );
+        assert!(
+            format!("{error:#}").contains(&format!("limit of {MAX_NAMES} per run")),
+            "{error:#}"
         );
     }
 }

@@ -219,9 +219,10 @@ fn class_list(args: &SegmentArgs, preset: Option<&Preset>) -> Result<ClassList> 
         (Some(list), _, _) => ClassList::parse_inline(list).map_err(|error| {
             let context = match error {
                 ClassListError::BlankName { .. } => format!("bad --classes {list:?}"),
-                ClassListError::Empty | ClassListError::TooMany { .. } => {
-                    "bad --classes".to_string()
-                }
+                ClassListError::Empty
+                | ClassListError::TooMany { .. }
+                | ClassListError::TooManyNames { .. }
+                | ClassListError::DuplicateName { .. } => "bad --classes".to_string(),
             };
             anyhow::Error::new(error).context(context)
         }),
