@@ -139,11 +139,10 @@ pub fn postprocess(
     segmentation
 }
 
-/// Bilinear resampling of the canvas at output pixels, from a pixel-major copy so that one
-/// pixel's logits for all queries are contiguous.
-struct Resampler {
+/// Bilinear resampling of the (pixel-major) canvas at output pixels.
+struct Resampler<'a> {
     /// height x width x queries.
-    pixels: Vec<f32>,
+    pixels: &'a [f32],
     queries: usize,
     in_height: usize,
     in_width: usize,
@@ -152,8 +151,8 @@ struct Resampler {
     logit_scale: f32,
 }
 
-impl Resampler {
-    fn new(logits: &QueryLogits, out_width: usize, out_height: usize, logit_scale: f32) -> Self {
+impl<'a> Resampler<'a> {
+    fn new(logits: &'a QueryLogits, out_width: usize, out_height: usize, logit_scale: f32) -> Self {
         let QueryLogits {
             queries,
             height,
@@ -164,29 +163,10 @@ impl Resampler {
         assert_eq!(
             data.len(),
             queries * height * width,
-            "logits are not queries x height x width"
+            "logits are not height x width x queries"
         );
-        let plane_len = height * width;
-        let mut pixels = vec![0.0; data.len()];
-        // Tiles of a few dozen pixels keep the scattered writes (one per query per pixel) within
-        // cache, where a whole row at once would not be.
-        const TILE: usize = 32;
-        pixels
-            .par_chunks_mut(width * queries)
-            .enumerate()
-            .for_each(|(y, row)| {
-                for (tile_index, tile) in row.chunks_mut(TILE * queries).enumerate() {
-                    let first = y * width + tile_index * TILE;
-                    for q in 0..queries {
-                        let source = &data[q * plane_len + first..];
-                        for (pixel, &value) in tile.chunks_exact_mut(queries).zip(source) {
-                            pixel[q] = value;
-                        }
-                    }
-                }
-            });
         Resampler {
-            pixels,
+            pixels: data,
             queries,
             in_height: height,
             in_width: width,
@@ -426,7 +406,7 @@ fn arg_max_areas(labeller: &Labeller) -> Vec<u64> {
 /// Labels at output pixels without their probabilities: per cell where possible, otherwise
 /// per pixel.
 struct Labeller<'a> {
-    resampler: &'a Resampler,
+    resampler: &'a Resampler<'a>,
     scorer: &'a Scorer<'a>,
     prob_thd: Option<f32>,
     /// Only worth building when the output has clearly more pixels than the canvas.
@@ -434,7 +414,7 @@ struct Labeller<'a> {
 }
 
 impl<'a> Labeller<'a> {
-    fn new(resampler: &'a Resampler, scorer: &'a Scorer<'a>, prob_thd: Option<f32>) -> Self {
+    fn new(resampler: &'a Resampler<'a>, scorer: &'a Scorer<'a>, prob_thd: Option<f32>) -> Self {
         let out_pixels = resampler.taps_y.len() * resampler.taps_x.len();
         let in_pixels = resampler.in_height * resampler.in_width;
         let scale = resampler.logit_scale;
@@ -639,18 +619,11 @@ mod tests {
 
     /// A 1-row canvas from per-pixel logit vectors, kept at its own size by `run`.
     fn row_of_pixels<const Q: usize>(pixels: &[[f32; Q]]) -> QueryLogits {
-        let width = pixels.len();
-        let mut data = vec![0.0; Q * width];
-        for (x, pixel) in pixels.iter().enumerate() {
-            for (q, &value) in pixel.iter().enumerate() {
-                data[q * width + x] = value;
-            }
-        }
         QueryLogits {
             queries: Q,
             height: 1,
-            width,
-            data,
+            width: pixels.len(),
+            data: pixels.concat(),
         }
     }
 
@@ -842,17 +815,12 @@ mod tests {
         let query_class = [0, 1, 2, 3, 1, 2, 4, 0];
         let coarse = uniform(queries * height * width, 7);
         let nudges = uniform(queries * height * width, 8);
-        let data = coarse
+        let data: Vec<f32> = coarse
             .iter()
             .zip(&nudges)
             .map(|(&c, &n)| (c * 8.0).round() * 1e-3 + if n > 0.3 { 1e-7 } else { 0.0 })
             .collect();
-        let logits = QueryLogits {
-            queries,
-            height,
-            width,
-            data,
-        };
+        let logits = QueryLogits::from_query_major(queries, height, width, &data);
         for logit_scale in [0.5, 40.0] {
             for area_thd in [None, Some(0.15)] {
                 let params = PostprocessParams {
@@ -905,12 +873,7 @@ mod tests {
                 }
             }
         }
-        let logits = QueryLogits {
-            queries,
-            height,
-            width,
-            data,
-        };
+        let logits = QueryLogits::from_query_major(queries, height, width, &data);
         for logit_scale in [0.5, 40.0, 2000.0] {
             for area_thd in [None, Some(0.1)] {
                 for prob_thd in [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95] {
@@ -939,12 +902,8 @@ mod tests {
         // Class 1 leads the background by 0.05 everywhere: at scale 40 its probability is
         // 1 / (1 + e^-2) = 0.8808 all over an 8 x 8 upscale of a 2 x 2 canvas. Thresholds just
         // above and just below it must give what the per-pixel softmax gives.
-        let logits = QueryLogits {
-            queries: 2,
-            height: 2,
-            width: 2,
-            data: vec![0.1, 0.2, 0.3, 0.4, 0.15, 0.25, 0.35, 0.45],
-        };
+        let logits =
+            QueryLogits::from_query_major(2, 2, 2, &[0.1, 0.2, 0.3, 0.4, 0.15, 0.25, 0.35, 0.45]);
         let prob = 1.0 / (1.0 + (-2.0f32).exp());
         for ratio in [1.0001, 1.0015, 1.002, 0.999, 0.99] {
             let params = PostprocessParams {
@@ -1068,16 +1027,11 @@ mod tests {
 
     #[test]
     fn random_case_matches_pytorch() {
-        let data = uniform(6 * 9 * 12, 2)
+        let data: Vec<f32> = uniform(6 * 9 * 12, 2)
             .iter()
             .map(|&u| 0.2 + 0.1 * u)
             .collect();
-        let logits = QueryLogits {
-            queries: 6,
-            height: 9,
-            width: 12,
-            data,
-        };
+        let logits = QueryLogits::from_query_major(6, 9, 12, &data);
         let query_class = [0, 1, 1, 2, 3, 0];
         let params = |prob_thd, area_thd| PostprocessParams {
             logit_scale: 40.0,

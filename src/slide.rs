@@ -45,7 +45,8 @@ pub fn window_grid(height: usize, width: usize, window: usize, stride: usize) ->
         .collect()
 }
 
-/// Per-query logits for every pixel of the resized image, queries x height x width (row-major).
+/// Per-query logits for every pixel of the resized image, height x width x queries: one pixel's
+/// logits for every query are contiguous, as post-processing reads them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryLogits {
     pub queries: usize,
@@ -54,13 +55,48 @@ pub struct QueryLogits {
     pub data: Vec<f32>,
 }
 
+#[cfg(test)]
+impl QueryLogits {
+    /// From queries x height x width logits, the layout of the reference's tensors.
+    pub(crate) fn from_query_major(
+        queries: usize,
+        height: usize,
+        width: usize,
+        planes: &[f32],
+    ) -> Self {
+        assert_eq!(planes.len(), queries * height * width);
+        let plane_len = height * width;
+        let data = (0..plane_len)
+            .flat_map(|pixel| (0..queries).map(move |q| planes[q * plane_len + pixel]))
+            .collect();
+        QueryLogits {
+            queries,
+            height,
+            width,
+            data,
+        }
+    }
+
+    /// The logits as queries x height x width.
+    pub(crate) fn query_major(&self) -> Vec<f32> {
+        let plane_len = self.height * self.width;
+        (0..self.queries)
+            .flat_map(|q| (0..plane_len).map(move |pixel| self.data[pixel * self.queries + q]))
+            .collect()
+    }
+}
+
 /// Accumulates per-window query logits into a full-size canvas with a per-pixel count of the
 /// windows that covered it, so that overlapping windows are averaged.
+///
+/// The canvas is laid out as post-processing reads it (pixel-major), so that it is handed over
+/// as it is: with hundreds of names it is the largest buffer of a run, and a second,
+/// rearranged copy would double the memory an image takes.
 pub struct LogitCanvas {
     queries: usize,
     height: usize,
     width: usize,
-    /// queries x height x width sums of the windows' stretched logits.
+    /// height x width x queries sums of the windows' stretched logits.
     sums: Vec<f32>,
     /// height x width number of windows that covered each pixel.
     coverage: Vec<u32>,
@@ -72,7 +108,7 @@ impl LogitCanvas {
             queries,
             height,
             width,
-            sums: vec![0.0; queries * height * width],
+            sums: vec![0.0; height * width * queries],
             coverage: vec![0; height * width],
         }
     }
@@ -89,48 +125,61 @@ impl LogitCanvas {
             self.width
         );
         let grid_len = grid_h * grid_w;
+        let queries = self.queries;
         assert_eq!(
             logits.len(),
-            self.queries * grid_len,
-            "expected {} queries x {grid_h} x {grid_w} logits",
-            self.queries
+            queries * grid_len,
+            "expected {queries} queries x {grid_h} x {grid_w} logits"
         );
-        let canvas_width = self.width;
-        let plane_len = self.height * canvas_width;
-        if plane_len == 0 {
-            // An empty canvas has nothing to draw on (and no planes to split it into).
+        if self.height * self.width == 0 {
+            // An empty canvas has nothing to draw on (and no rows to split it into).
             return;
         }
-        let taps_y = linear_taps(grid_h, window.height);
-        let taps_x = linear_taps(grid_w, window.width);
-        self.sums
-            .par_chunks_mut(plane_len)
-            .zip(logits.par_chunks(grid_len))
-            .for_each(|(plane, grid)| {
-                // Every grid row stretched horizontally once; each output row then blends two.
-                let stretched: Vec<f32> = grid
-                    .chunks_exact(grid_w)
-                    .flat_map(|row| taps_x.iter().map(|tap| tap.apply(row[tap.i0], row[tap.i1])))
-                    .collect();
-                for (y, tap_y) in taps_y.iter().enumerate() {
-                    let upper = &stretched[tap_y.i0 * window.width..][..window.width];
-                    let lower = &stretched[tap_y.i1 * window.width..][..window.width];
-                    let start = (window.top + y) * canvas_width + window.left;
-                    let out = &mut plane[start..start + window.width];
-                    for ((sum, &upper), &lower) in out.iter_mut().zip(upper).zip(lower) {
-                        *sum += tap_y.apply(upper, lower);
-                    }
+        if queries > 0 {
+            // The window's patches in the canvas's layout: each patch's logits contiguous.
+            let mut patches = vec![0.0; grid_len * queries];
+            for (q, plane) in logits.chunks_exact(grid_len).enumerate() {
+                for (patch, &logit) in patches.chunks_exact_mut(queries).zip(plane) {
+                    patch[q] = logit;
                 }
-            });
+            }
+            let taps_y = linear_taps(grid_h, window.height);
+            let taps_x = linear_taps(grid_w, window.width);
+            let row_len = self.width * queries;
+            let grid_row_len = grid_w * queries;
+            self.sums[window.top * row_len..(window.top + window.height) * row_len]
+                .par_chunks_mut(row_len)
+                .zip(&taps_y)
+                .for_each(|(canvas_row, tap_y)| {
+                    // Patch (grid row, grid column)'s logits.
+                    let patch = |row: usize, col: usize| {
+                        &patches[row * grid_row_len + col * queries..][..queries]
+                    };
+                    let out_row =
+                        &mut canvas_row[window.left * queries..][..window.width * queries];
+                    for (out, tap_x) in out_row.chunks_exact_mut(queries).zip(&taps_x) {
+                        let (upper_left, upper_right) =
+                            (patch(tap_y.i0, tap_x.i0), patch(tap_y.i0, tap_x.i1));
+                        let (lower_left, lower_right) =
+                            (patch(tap_y.i1, tap_x.i0), patch(tap_y.i1, tap_x.i1));
+                        // Stretched along x first, then y: the reference's order of rounding.
+                        for q in 0..queries {
+                            let upper = tap_x.apply(upper_left[q], upper_right[q]);
+                            let lower = tap_x.apply(lower_left[q], lower_right[q]);
+                            out[q] += tap_y.apply(upper, lower);
+                        }
+                    }
+                });
+        }
         for row in window.top..window.top + window.height {
-            let start = row * canvas_width + window.left;
+            let start = row * self.width + window.left;
             for count in &mut self.coverage[start..start + window.width] {
                 *count += 1;
             }
         }
     }
 
-    /// The average over the windows that covered each pixel, queries x height x width.
+    /// The average over the windows that covered each pixel, height x width x queries.
     /// Panics if a pixel was covered by no window (a grid whose stride is at most its window covers the image).
     pub fn finish(self) -> QueryLogits {
         assert!(
@@ -144,13 +193,16 @@ impl LogitCanvas {
             mut sums,
             coverage,
         } = self;
-        let plane_len = height * width;
-        if plane_len > 0 {
-            sums.par_chunks_mut(plane_len).for_each(|plane| {
-                for (value, &count) in plane.iter_mut().zip(&coverage) {
-                    *value /= count as f32;
-                }
-            });
+        if !sums.is_empty() {
+            sums.par_chunks_mut(width * queries)
+                .zip(coverage.par_chunks(width))
+                .for_each(|(row, counts)| {
+                    for (pixel, &count) in row.chunks_exact_mut(queries).zip(counts) {
+                        for value in pixel {
+                            *value /= count as f32;
+                        }
+                    }
+                });
         }
         QueryLogits {
             queries,
@@ -301,13 +353,13 @@ mod tests {
         // 6 x 9, crop 4, stride 3: 2 x 3 overlapping windows of 2 x 2 patches.
         let logits = slide(6, 9, 4, 3, 2, 2);
         assert_eq!((logits.queries, logits.height, logits.width), (2, 6, 9));
-        assert_close(&logits.data, &CANVAS_6X9, 1e-6);
+        assert_close(&logits.query_major(), &CANVAS_6X9, 1e-6);
     }
 
     #[test]
     fn canvas_with_windows_shorter_than_the_crop() {
         // 3 rows under a crop of 4: windows are 3 x 4 with a 1 x 2 patch grid, stretched.
-        assert_close(&slide(3, 9, 4, 3, 2, 2).data, &CANVAS_3X9, 1e-6);
+        assert_close(&slide(3, 9, 4, 3, 2, 2).query_major(), &CANVAS_3X9, 1e-6);
     }
 
     #[test]
@@ -315,12 +367,9 @@ mod tests {
         // 150 x 200, crop 100, stride 50, patch 16: 6 x 6 patches per 100-pixel window, whose
         // 4 leftover pixels are covered by the stretch.
         let logits = slide(150, 200, 100, 50, 3, 16);
-        let plane = 150 * 200;
         for (row, col, expected) in CANVAS_150X200_SAMPLES {
-            let actual: Vec<f32> = (0..3)
-                .map(|q| logits.data[q * plane + row * 200 + col])
-                .collect();
-            assert_close(&actual, &expected, 1e-6);
+            let pixel = (row * 200 + col) * 3;
+            assert_close(&logits.data[pixel..pixel + 3], &expected, 1e-6);
         }
     }
 
