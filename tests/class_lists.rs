@@ -120,3 +120,58 @@ fn names_past_the_cap_are_refused_saying_the_cap_and_what_to_do() {
     assert_refused(&["--classes-file", &file], &limit);
     assert_refused(&["--classes", &names.join("|")], &limit);
 }
+
+/// The cache file of the run's class list (the only file in `cache`).
+fn cache_file(cache: &Path) -> PathBuf {
+    let files: Vec<PathBuf> = std::fs::read_dir(cache)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_damaged_cache_file_is_a_miss_with_a_warning_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let classes = ["--classes", "sky,tree|bush,person"];
+    let run = |out: &str| {
+        let output = segment(&cache, &dir.path().join(out), &classes);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let lines = json_lines(&output);
+        let text = lines.last().unwrap()["text"]["cache"].clone();
+        let mask = std::fs::read(dir.path().join(out).join("small_window.png")).unwrap();
+        (text, mask, stderr(&output))
+    };
+    let (first, mask, _) = run("first");
+    assert_eq!(first, "miss");
+    let file = cache_file(&cache);
+    let good = std::fs::read(&file).unwrap();
+
+    // Same length, the payload garbled: every value doubled (finite, but no longer the
+    // queries), then every value NaN.
+    let header = good.len() - 4 * 4 * 32;
+    let garbles: [fn(f32) -> f32; 2] = [|value| value * 2.0, |_| f32::NAN];
+    for (round, garble) in garbles.into_iter().enumerate() {
+        let mut bad = good[..header].to_vec();
+        for value in good[header..].chunks_exact(4) {
+            let value = f32::from_le_bytes(value.try_into().unwrap());
+            bad.extend(garble(value).to_le_bytes());
+        }
+        std::fs::write(&file, &bad).unwrap();
+        let (cache_use, again, warning) = run(&format!("damaged{round}"));
+        assert_eq!(cache_use, "miss", "a damaged file is never a hit");
+        assert_eq!(again, mask, "the mask is the one fresh queries give");
+        assert!(
+            warning.contains("damaged query cache file")
+                && warning.contains(&*file.to_string_lossy()),
+            "{warning}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), good, "the file is replaced");
+    }
+    let (last, again, warning) = run("last");
+    assert_eq!(last, "hit");
+    assert_eq!(again, mask);
+    assert!(!warning.contains("warning"), "{warning}");
+}

@@ -193,6 +193,9 @@ fn segmenter<'m>(
     } else if let (Some(error), false) = (&text_stats.store_error, args.quiet) {
         eprintln!("sclip: warning: the text queries could not be cached: {error}");
     }
+    if let (Some(file), false) = (&text_stats.damaged_file, args.quiet) {
+        eprintln!("sclip: warning: the damaged query cache file {file} was not used; encoded the queries again");
+    }
     Segmenter::new(model, queries, settings)
 }
 
