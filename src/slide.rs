@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::interp::linear_taps;
+use crate::interp::{linear_taps, LinearTap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -86,20 +86,29 @@ impl QueryLogits {
     }
 }
 
-/// Accumulates per-window query logits into a full-size canvas with a per-pixel count of the
-/// windows that covered it, so that overlapping windows are averaged.
+/// Gathers an image's window logits and averages them into a full-size canvas where windows
+/// overlap, weighting by the number of windows that covered each pixel.
 ///
-/// The canvas is laid out as post-processing reads it (pixel-major), so that it is handed over
-/// as it is: with hundreds of names it is the largest buffer of a run, and a second,
-/// rearranged copy would double the memory an image takes.
+/// Windows are kept at their patch grid until [`LogitCanvas::finish`]: a grid is a few
+/// hundredths of the pixels it stretches to, and with hundreds of names the full canvas is the
+/// largest buffer of a run, so only the image being post-processed holds one, not every image
+/// in flight. The canvas is laid out as post-processing reads it (pixel-major), so that it is
+/// handed over as it is rather than copied.
 pub struct LogitCanvas {
     queries: usize,
     height: usize,
     width: usize,
-    /// height x width x queries sums of the windows' stretched logits.
-    sums: Vec<f32>,
-    /// height x width number of windows that covered each pixel.
-    coverage: Vec<u32>,
+    /// The windows added, in order.
+    windows: Vec<WindowLogits>,
+}
+
+/// One window's logits at its patch grid.
+struct WindowLogits {
+    window: Window,
+    grid_h: usize,
+    grid_w: usize,
+    /// grid_h x grid_w x queries: each patch's logits contiguous, as on the canvas.
+    patches: Vec<f32>,
 }
 
 impl LogitCanvas {
@@ -108,15 +117,14 @@ impl LogitCanvas {
             queries,
             height,
             width,
-            sums: vec![0.0; height * width * queries],
-            coverage: vec![0; height * width],
+            windows: Vec::new(),
         }
     }
 
-    /// Adds one window's logits, queries x grid_h x grid_w (row-major), stretched bilinearly
-    /// (align_corners = false) to the window's own size. The 0..patch-1 pixel rows and columns
-    /// that no patch saw are covered by that stretch. Windows must be added in the reference's
-    /// order (row-major) for the float sums to agree with it.
+    /// Adds one window's logits, queries x grid_h x grid_w (row-major), to be stretched
+    /// bilinearly (align_corners = false) to the window's own size. The 0..patch-1 pixel rows
+    /// and columns that no patch saw are covered by that stretch. Windows must be added in the
+    /// reference's order (row-major) for the float sums to agree with it.
     pub fn add_window(&mut self, window: &Window, logits: &[f32], grid_h: usize, grid_w: usize) {
         assert!(
             window.top + window.height <= self.height && window.left + window.width <= self.width,
@@ -131,72 +139,66 @@ impl LogitCanvas {
             queries * grid_len,
             "expected {queries} queries x {grid_h} x {grid_w} logits"
         );
-        if self.height * self.width == 0 {
-            // An empty canvas has nothing to draw on (and no rows to split it into).
-            return;
-        }
+        let mut patches = vec![0.0; grid_len * queries];
         if queries > 0 {
-            // The window's patches in the canvas's layout: each patch's logits contiguous.
-            let mut patches = vec![0.0; grid_len * queries];
             for (q, plane) in logits.chunks_exact(grid_len).enumerate() {
                 for (patch, &logit) in patches.chunks_exact_mut(queries).zip(plane) {
                     patch[q] = logit;
                 }
             }
-            let taps_y = linear_taps(grid_h, window.height);
-            let taps_x = linear_taps(grid_w, window.width);
-            let row_len = self.width * queries;
-            let grid_row_len = grid_w * queries;
-            self.sums[window.top * row_len..(window.top + window.height) * row_len]
-                .par_chunks_mut(row_len)
-                .zip(&taps_y)
-                .for_each(|(canvas_row, tap_y)| {
-                    // Patch (grid row, grid column)'s logits.
-                    let patch = |row: usize, col: usize| {
-                        &patches[row * grid_row_len + col * queries..][..queries]
-                    };
-                    let out_row =
-                        &mut canvas_row[window.left * queries..][..window.width * queries];
-                    for (out, tap_x) in out_row.chunks_exact_mut(queries).zip(&taps_x) {
-                        let (upper_left, upper_right) =
-                            (patch(tap_y.i0, tap_x.i0), patch(tap_y.i0, tap_x.i1));
-                        let (lower_left, lower_right) =
-                            (patch(tap_y.i1, tap_x.i0), patch(tap_y.i1, tap_x.i1));
-                        // Stretched along x first, then y: the reference's order of rounding.
-                        for q in 0..queries {
-                            let upper = tap_x.apply(upper_left[q], upper_right[q]);
-                            let lower = tap_x.apply(lower_left[q], lower_right[q]);
-                            out[q] += tap_y.apply(upper, lower);
-                        }
-                    }
-                });
         }
-        for row in window.top..window.top + window.height {
-            let start = row * self.width + window.left;
-            for count in &mut self.coverage[start..start + window.width] {
-                *count += 1;
-            }
-        }
+        self.windows.push(WindowLogits {
+            window: *window,
+            grid_h,
+            grid_w,
+            patches,
+        });
     }
 
     /// The average over the windows that covered each pixel, height x width x queries.
     /// Panics if a pixel was covered by no window (a grid whose stride is at most its window covers the image).
     pub fn finish(self) -> QueryLogits {
-        assert!(
-            self.coverage.iter().all(|&count| count > 0),
-            "some pixels were covered by no window"
-        );
         let LogitCanvas {
             queries,
             height,
             width,
-            mut sums,
-            coverage,
+            windows,
         } = self;
+        let mut coverage = vec![0u32; height * width];
+        for WindowLogits { window, .. } in &windows {
+            for row in window.top..window.top + window.height {
+                let start = row * width + window.left;
+                for count in &mut coverage[start..start + window.width] {
+                    *count += 1;
+                }
+            }
+        }
+        assert!(
+            coverage.iter().all(|&count| count > 0),
+            "some pixels were covered by no window"
+        );
+        let mut sums = vec![0.0f32; height * width * queries];
         if !sums.is_empty() {
+            let taps: Vec<_> = windows
+                .iter()
+                .map(|w| {
+                    (
+                        linear_taps(w.grid_h, w.window.height),
+                        linear_taps(w.grid_w, w.window.width),
+                    )
+                })
+                .collect();
             sums.par_chunks_mut(width * queries)
                 .zip(coverage.par_chunks(width))
-                .for_each(|(row, counts)| {
+                .enumerate()
+                .for_each(|(y, (row, counts))| {
+                    // Each pixel adds the windows over it in the order they came, from 0.
+                    for (logits, (taps_y, taps_x)) in windows.iter().zip(&taps) {
+                        let window = &logits.window;
+                        if (window.top..window.top + window.height).contains(&y) {
+                            logits.stretch_row_onto(&taps_y[y - window.top], taps_x, row, queries);
+                        }
+                    }
                     for (pixel, &count) in row.chunks_exact_mut(queries).zip(counts) {
                         for value in pixel {
                             *value /= count as f32;
@@ -209,6 +211,34 @@ impl LogitCanvas {
             height,
             width,
             data: sums,
+        }
+    }
+}
+
+impl WindowLogits {
+    /// Adds the window's logits stretched to one of its pixel rows (at `tap_y`) onto that
+    /// canvas row: stretched along x first, then y, the reference's order of rounding.
+    fn stretch_row_onto(
+        &self,
+        tap_y: &LinearTap,
+        taps_x: &[LinearTap],
+        canvas_row: &mut [f32],
+        queries: usize,
+    ) {
+        let grid_row_len = self.grid_w * queries;
+        // Patch (grid row, grid column)'s logits.
+        let patch =
+            |row: usize, col: usize| &self.patches[row * grid_row_len + col * queries..][..queries];
+        let window = &self.window;
+        let out_row = &mut canvas_row[window.left * queries..][..window.width * queries];
+        for (out, tap_x) in out_row.chunks_exact_mut(queries).zip(taps_x) {
+            let (upper_left, upper_right) = (patch(tap_y.i0, tap_x.i0), patch(tap_y.i0, tap_x.i1));
+            let (lower_left, lower_right) = (patch(tap_y.i1, tap_x.i0), patch(tap_y.i1, tap_x.i1));
+            for q in 0..queries {
+                let upper = tap_x.apply(upper_left[q], upper_right[q]);
+                let lower = tap_x.apply(lower_left[q], lower_right[q]);
+                out[q] += tap_y.apply(upper, lower);
+            }
         }
     }
 }
