@@ -1,7 +1,7 @@
 //! Class lists: what the user asks to find. A class has one or more names (synonyms); its
 //! score at a pixel is the best of its names'. Class 0 is the background where thresholds apply.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -70,11 +70,16 @@ impl ClassList {
         if names > MAX_NAMES {
             return Err(ClassListError::TooManyNames { count: names });
         }
-        // Two equal names get equal queries: the later one could never win a pixel, and its
-        // class would be silently empty.
-        let mut seen = HashSet::new();
-        if let Some(name) = classes.iter().flatten().find(|name| !seen.insert(*name)) {
-            return Err(ClassListError::DuplicateName { name: name.clone() });
+        // Two names CLIP reads alike get equal queries: the later one could never win a
+        // pixel, and its class would be silently empty.
+        let mut seen = HashMap::new();
+        for name in classes.iter().flatten() {
+            if let Some(first) = seen.insert(as_clip_reads(name), name) {
+                return Err(ClassListError::DuplicateName {
+                    first: first.clone(),
+                    second: name.clone(),
+                });
+            }
         }
         Ok(ClassList { classes })
     }
@@ -118,9 +123,11 @@ pub enum ClassListError {
     TooManyNames {
         count: usize,
     },
-    /// A name given twice, as a class or a synonym.
+    /// A name given twice, as a class or a synonym: the same, or the same once CLIP's
+    /// tokenizer has ignored case and repeated spaces (both spellings, in order).
     DuplicateName {
-        name: String,
+        first: String,
+        second: String,
     },
 }
 
@@ -140,15 +147,29 @@ impl std::fmt::Display for ClassListError {
                 "{count} names given (classes and synonyms together), over the limit of \
                  {MAX_NAMES} per run; drop synonyms or split the list over several runs"
             ),
-            ClassListError::DuplicateName { name } => write!(
+            ClassListError::DuplicateName { first, second } if first == second => write!(
                 f,
-                "{name:?} is named twice; give each name once, as one class or one synonym"
+                "{first:?} is named twice; give each name once, as one class or one synonym"
+            ),
+            ClassListError::DuplicateName { first, second } => write!(
+                f,
+                "{first:?} and {second:?} are one name to CLIP, which ignores case and repeated \
+                 spaces; give each name once, as one class or one synonym"
             ),
         }
     }
 }
 
 impl std::error::Error for ClassListError {}
+
+/// A name as CLIP's tokenizer normalises it before reading it: lowercase, every run of
+/// whitespace one space.
+fn as_clip_reads(name: &str) -> String {
+    name.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
 
 fn split_names(class: &str, separator: char) -> Result<Vec<String>, ClassListError> {
     let names: Vec<String> = class
@@ -229,7 +250,8 @@ mod tests {
     fn a_name_given_twice_is_refused_after_trimming() {
         let duplicate = |name: &str| {
             Err(ClassListError::DuplicateName {
-                name: name.to_string(),
+                first: name.to_string(),
+                second: name.to_string(),
             })
         };
         assert_eq!(
@@ -246,8 +268,22 @@ mod tests {
             .downcast::<ClassListError>()
             .unwrap();
         assert_eq!(Err(error), duplicate("puppy"));
-        // Case and inner spacing are the user's: only what the parser trims is compared.
-        assert!(ClassList::parse_inline("Person,person,big dog,big  dog").is_ok());
+        // CLIP's tokenizer ignores case and repeated spaces, so these are one name too.
+        for (list, first, second) in [
+            ("Person,person", "Person", "person"),
+            ("dog,big dog|big  Dog", "big dog", "big  Dog"),
+        ] {
+            let error = ClassList::parse_inline(list).unwrap_err();
+            assert_eq!(
+                error,
+                ClassListError::DuplicateName {
+                    first: first.to_string(),
+                    second: second.to_string()
+                }
+            );
+            assert!(error.to_string().contains("one name to CLIP"), "{error}");
+        }
+        assert!(ClassList::parse_inline("big dog,bigdog,dogs").is_ok());
     }
 
     #[test]

@@ -101,6 +101,10 @@ fn a_name_given_twice_is_refused_naming_it() {
     let twice = "\"person\" is named twice";
     assert_refused(&["--classes", "person,person"], &["bad --classes", twice]);
     assert_refused(&["--classes", "sky, person | human,person "], &[twice]);
+    assert_refused(
+        &["--classes", "Sky,tree,sky"],
+        &["\"Sky\" and \"sky\" are one name to CLIP"],
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("classes.txt");
     std::fs::write(&file, "sky\nperson, human\n  person  # again\n").unwrap();
