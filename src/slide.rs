@@ -1,6 +1,9 @@
 //! Sliding-window inference geometry (spec section 4): where the windows go, and how their
 //! per-patch logits are stretched back to pixels and averaged where windows overlap.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::interp::{linear_taps, LinearTap};
@@ -45,8 +48,19 @@ pub fn window_grid(height: usize, width: usize, window: usize, stride: usize) ->
         .collect()
 }
 
-/// Per-query logits for every pixel of the resized image, height x width x queries: one pixel's
-/// logits for every query are contiguous, as post-processing reads them.
+/// The averaged logits of a canvas, read a band of rows at a time: with many names the whole
+/// canvas is the largest buffer of a run, so post-processing never asks for all of it at once.
+pub trait CanvasRows: Sync {
+    fn queries(&self) -> usize;
+    fn height(&self) -> usize;
+    fn width(&self) -> usize;
+    /// The logits of canvas rows `rows`, rows x width x queries: one pixel's logits for every
+    /// query contiguous.
+    fn rows(&self, rows: Range<usize>) -> Cow<'_, [f32]>;
+}
+
+/// Per-query logits for every pixel of a canvas, height x width x queries, held whole.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryLogits {
     pub queries: usize,
@@ -83,6 +97,26 @@ impl QueryLogits {
         (0..self.queries)
             .flat_map(|q| (0..plane_len).map(move |pixel| self.data[pixel * self.queries + q]))
             .collect()
+    }
+}
+
+#[cfg(test)]
+impl CanvasRows for QueryLogits {
+    fn queries(&self) -> usize {
+        self.queries
+    }
+
+    fn height(&self) -> usize {
+        self.height
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn rows(&self, rows: Range<usize>) -> Cow<'_, [f32]> {
+        let row_len = self.width * self.queries;
+        Cow::Borrowed(&self.data[rows.start * row_len..rows.end * row_len])
     }
 }
 
@@ -155,9 +189,9 @@ impl LogitCanvas {
         });
     }
 
-    /// The average over the windows that covered each pixel, height x width x queries.
+    /// The windows' average, ready to be read in bands of rows.
     /// Panics if a pixel was covered by no window (a grid whose stride is at most its window covers the image).
-    pub fn finish(self) -> QueryLogits {
+    pub fn finish(self) -> FinishedCanvas {
         let LogitCanvas {
             queries,
             height,
@@ -177,41 +211,78 @@ impl LogitCanvas {
             coverage.iter().all(|&count| count > 0),
             "some pixels were covered by no window"
         );
-        let mut sums = vec![0.0f32; height * width * queries];
-        if !sums.is_empty() {
-            let taps: Vec<_> = windows
-                .iter()
-                .map(|w| {
-                    (
-                        linear_taps(w.grid_h, w.window.height),
-                        linear_taps(w.grid_w, w.window.width),
-                    )
-                })
-                .collect();
-            sums.par_chunks_mut(width * queries)
-                .zip(coverage.par_chunks(width))
-                .enumerate()
-                .for_each(|(y, (row, counts))| {
-                    // Each pixel adds the windows over it in the order they came, from 0.
-                    for (logits, (taps_y, taps_x)) in windows.iter().zip(&taps) {
-                        let window = &logits.window;
-                        if (window.top..window.top + window.height).contains(&y) {
-                            logits.stretch_row_onto(&taps_y[y - window.top], taps_x, row, queries);
-                        }
-                    }
-                    for (pixel, &count) in row.chunks_exact_mut(queries).zip(counts) {
-                        for value in pixel {
-                            *value /= count as f32;
-                        }
-                    }
-                });
-        }
-        QueryLogits {
+        let taps = windows
+            .iter()
+            .map(|w| {
+                (
+                    linear_taps(w.grid_h, w.window.height),
+                    linear_taps(w.grid_w, w.window.width),
+                )
+            })
+            .collect();
+        FinishedCanvas {
             queries,
             height,
             width,
-            data: sums,
+            windows,
+            taps,
+            coverage,
         }
+    }
+}
+
+/// Every window of an image, each averaged into the canvas pixels it covers when a band of
+/// rows is asked for.
+pub struct FinishedCanvas {
+    queries: usize,
+    height: usize,
+    width: usize,
+    windows: Vec<WindowLogits>,
+    /// Per window, its y and x stretch taps.
+    taps: Vec<(Vec<LinearTap>, Vec<LinearTap>)>,
+    /// height x width number of windows that covered each pixel.
+    coverage: Vec<u32>,
+}
+
+impl CanvasRows for FinishedCanvas {
+    fn queries(&self) -> usize {
+        self.queries
+    }
+
+    fn height(&self) -> usize {
+        self.height
+    }
+
+    fn width(&self) -> usize {
+        self.width
+    }
+
+    fn rows(&self, rows: Range<usize>) -> Cow<'_, [f32]> {
+        let (queries, width) = (self.queries, self.width);
+        let mut sums = vec![0.0f32; rows.len() * width * queries];
+        if sums.is_empty() {
+            return Cow::Owned(sums);
+        }
+        let first = rows.start;
+        sums.par_chunks_mut(width * queries)
+            .zip(self.coverage[first * width..rows.end * width].par_chunks(width))
+            .enumerate()
+            .for_each(|(offset, (row, counts))| {
+                let y = first + offset;
+                // Each pixel adds the windows over it in the order they came, from 0.
+                for (logits, (taps_y, taps_x)) in self.windows.iter().zip(&self.taps) {
+                    let window = &logits.window;
+                    if (window.top..window.top + window.height).contains(&y) {
+                        logits.stretch_row_onto(&taps_y[y - window.top], taps_x, row, queries);
+                    }
+                }
+                for (pixel, &count) in row.chunks_exact_mut(queries).zip(counts) {
+                    for value in pixel {
+                        *value /= count as f32;
+                    }
+                }
+            });
+        Cow::Owned(sums)
     }
 }
 
@@ -330,7 +401,20 @@ mod tests {
             let logits = pattern(queries * grid_h * grid_w, 7 + 31 * k);
             canvas.add_window(window, &logits, grid_h, grid_w);
         }
-        canvas.finish()
+        let finished = canvas.finish();
+        let whole = finished.rows(0..height).into_owned();
+        // Any band of rows is those rows of the whole.
+        let row_len = width * queries;
+        for band in [0..1, height / 3..height / 2 + 1, height - 1..height] {
+            let rows = finished.rows(band.clone());
+            assert_eq!(&rows[..], &whole[band.start * row_len..band.end * row_len]);
+        }
+        QueryLogits {
+            queries,
+            height,
+            width,
+            data: whole,
+        }
     }
 
     // The reference loop (window logits laid out as SCLIP's, F.interpolate bilinear to the
