@@ -17,9 +17,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::interp::{linear_taps, LinearTap};
-use crate::slide::CanvasRows;
 #[cfg(test)]
 use crate::slide::QueryLogits;
+use crate::slide::{CanvasRows, CanvasShape};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PostprocessParams {
@@ -73,7 +73,8 @@ pub fn postprocess(
     params: &PostprocessParams,
     keep_probs: bool,
 ) -> Segmentation {
-    let row_bytes = logits.width() * logits.queries() * std::mem::size_of::<f32>();
+    let shape = logits.shape();
+    let row_bytes = shape.width * shape.queries * std::mem::size_of::<f32>();
     let band_rows = BAND_BYTES / row_bytes.max(1);
     postprocess_in_bands(
         logits,
@@ -100,12 +101,16 @@ fn postprocess_in_bands(
         (1..=256).contains(&num_classes),
         "labels are bytes: 1 to 256 classes, not {num_classes}"
     );
-    assert_eq!(query_class.len(), logits.queries(), "one class per query");
+    assert_eq!(
+        query_class.len(),
+        logits.shape().queries,
+        "one class per query"
+    );
     assert!(
         query_class.iter().all(|&class| class < num_classes),
         "query class out of range"
     );
-    assert!(logits.queries() > 0, "no queries");
+    assert!(logits.shape().queries > 0, "no queries");
     let scorer = Scorer::new(query_class, vec![false; num_classes]);
     let mut segmentation = Segmentation {
         width: out_width,
@@ -208,10 +213,14 @@ impl Geometry {
         out_height: usize,
         logit_scale: f32,
     ) -> Self {
-        let (height, width) = (logits.height(), logits.width());
+        let CanvasShape {
+            queries,
+            height,
+            width,
+        } = logits.shape();
         assert!(height > 0 && width > 0, "the logits cover no pixels");
         Geometry {
-            queries: logits.queries(),
+            queries,
             in_height: height,
             in_width: width,
             taps_y: linear_taps(height, out_height),

@@ -51,12 +51,17 @@ pub fn window_grid(height: usize, width: usize, window: usize, stride: usize) ->
 /// The averaged logits of a canvas, read a band of rows at a time: with many names the whole
 /// canvas is the largest buffer of a run, so post-processing never asks for all of it at once.
 pub trait CanvasRows: Sync {
-    fn queries(&self) -> usize;
-    fn height(&self) -> usize;
-    fn width(&self) -> usize;
+    fn shape(&self) -> CanvasShape;
     /// The logits of canvas rows `rows`, rows x width x queries: one pixel's logits for every
     /// query contiguous.
     fn rows(&self, rows: Range<usize>) -> Cow<'_, [f32]>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CanvasShape {
+    pub queries: usize,
+    pub height: usize,
+    pub width: usize,
 }
 
 /// Per-query logits for every pixel of a canvas, height x width x queries, held whole.
@@ -102,16 +107,12 @@ impl QueryLogits {
 
 #[cfg(test)]
 impl CanvasRows for QueryLogits {
-    fn queries(&self) -> usize {
-        self.queries
-    }
-
-    fn height(&self) -> usize {
-        self.height
-    }
-
-    fn width(&self) -> usize {
-        self.width
+    fn shape(&self) -> CanvasShape {
+        CanvasShape {
+            queries: self.queries,
+            height: self.height,
+            width: self.width,
+        }
     }
 
     fn rows(&self, rows: Range<usize>) -> Cow<'_, [f32]> {
@@ -221,9 +222,11 @@ impl LogitCanvas {
             })
             .collect();
         FinishedCanvas {
-            queries,
-            height,
-            width,
+            shape: CanvasShape {
+                queries,
+                height,
+                width,
+            },
             windows,
             taps,
             coverage,
@@ -234,9 +237,7 @@ impl LogitCanvas {
 /// Every window of an image, each averaged into the canvas pixels it covers when a band of
 /// rows is asked for.
 pub struct FinishedCanvas {
-    queries: usize,
-    height: usize,
-    width: usize,
+    shape: CanvasShape,
     windows: Vec<WindowLogits>,
     /// Per window, its y and x stretch taps.
     taps: Vec<(Vec<LinearTap>, Vec<LinearTap>)>,
@@ -245,20 +246,12 @@ pub struct FinishedCanvas {
 }
 
 impl CanvasRows for FinishedCanvas {
-    fn queries(&self) -> usize {
-        self.queries
-    }
-
-    fn height(&self) -> usize {
-        self.height
-    }
-
-    fn width(&self) -> usize {
-        self.width
+    fn shape(&self) -> CanvasShape {
+        self.shape
     }
 
     fn rows(&self, rows: Range<usize>) -> Cow<'_, [f32]> {
-        let (queries, width) = (self.queries, self.width);
+        let CanvasShape { queries, width, .. } = self.shape;
         let mut sums = vec![0.0f32; rows.len() * width * queries];
         if sums.is_empty() {
             return Cow::Owned(sums);
