@@ -12,10 +12,14 @@
 //! (no exp at all), and whole interpolation cells at once when the output is larger than the
 //! canvas and one class clearly wins at all four corners of the cell.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::interp::{linear_taps, LinearTap};
+#[cfg(test)]
 use crate::slide::QueryLogits;
+use crate::slide::{CanvasRows, CanvasShape};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PostprocessParams {
@@ -61,7 +65,7 @@ impl Segmentation {
 /// 0 is the background). Resizes the queries x height x width logits to out_width x out_height
 /// and labels every pixel (see the module documentation and spec section 5).
 pub fn postprocess(
-    logits: &QueryLogits,
+    logits: &impl CanvasRows,
     query_class: &[usize],
     num_classes: usize,
     out_width: usize,
@@ -69,16 +73,44 @@ pub fn postprocess(
     params: &PostprocessParams,
     keep_probs: bool,
 ) -> Segmentation {
+    let shape = logits.shape();
+    let row_bytes = shape.width * shape.queries * std::mem::size_of::<f32>();
+    let band_rows = BAND_BYTES / row_bytes.max(1);
+    postprocess_in_bands(
+        logits,
+        query_class,
+        num_classes,
+        (out_width, out_height),
+        params,
+        keep_probs,
+        band_rows,
+    )
+}
+
+/// [`postprocess`] reading the canvas `band_rows` rows at a time (at least two).
+fn postprocess_in_bands(
+    logits: &impl CanvasRows,
+    query_class: &[usize],
+    num_classes: usize,
+    (out_width, out_height): (usize, usize),
+    params: &PostprocessParams,
+    keep_probs: bool,
+    band_rows: usize,
+) -> Segmentation {
     assert!(
         (1..=256).contains(&num_classes),
         "labels are bytes: 1 to 256 classes, not {num_classes}"
     );
-    assert_eq!(query_class.len(), logits.queries, "one class per query");
+    assert_eq!(
+        query_class.len(),
+        logits.shape().queries,
+        "one class per query"
+    );
     assert!(
         query_class.iter().all(|&class| class < num_classes),
         "query class out of range"
     );
-    assert!(logits.queries > 0, "no queries");
+    assert!(logits.shape().queries > 0, "no queries");
     let scorer = Scorer::new(query_class, vec![false; num_classes]);
     let mut segmentation = Segmentation {
         width: out_width,
@@ -90,10 +122,20 @@ pub fn postprocess(
     if segmentation.labels.is_empty() {
         return segmentation;
     }
-    let resampler = Resampler::new(logits, out_width, out_height, params.logit_scale);
+    let geometry = Geometry::new(logits, out_width, out_height, params.logit_scale);
+    let bands = geometry.bands(band_rows);
     let scorer = match params.area_thd {
         Some(area_thd) => {
-            let areas = arg_max_areas(&Labeller::new(&resampler, &scorer, None));
+            let mut areas = vec![0; num_classes];
+            for band in &bands {
+                let pixels = logits.rows(band.canvas_rows.clone());
+                let resampler = geometry.resampler(&pixels, band.canvas_rows.start);
+                let labeller = Labeller::new(&resampler, &scorer, None);
+                let band_areas = arg_max_areas(&labeller, band.output_rows.clone());
+                for (sum, area) in areas.iter_mut().zip(band_areas) {
+                    *sum += area;
+                }
+            }
             let removed = small_classes(&areas, area_thd);
             Scorer::new(query_class, removed)
         }
@@ -111,39 +153,45 @@ pub fn postprocess(
     }
     // Probabilities are never negative, so a threshold at or below 0 (or NaN) never applies.
     let prob_thd = (params.prob_thd > 0.0).then_some(params.prob_thd);
-    let labeller = (!keep_probs).then(|| Labeller::new(&resampler, &scorer, prob_thd));
-    segmentation
-        .labels
-        .par_chunks_mut(out_width)
-        .zip(prob_rows.par_iter_mut())
-        .enumerate()
-        .for_each_init(
-            || Scratch::new(logits.queries, num_classes),
-            |scratch, (y, (label_row, prob_row))| {
-                for (x, label) in label_row.iter_mut().enumerate() {
-                    if let Some(labeller) = &labeller {
-                        *label = labeller.at(y, x, scratch) as u8;
-                        continue;
+    for band in &bands {
+        let pixels = logits.rows(band.canvas_rows.clone());
+        let resampler = geometry.resampler(&pixels, band.canvas_rows.start);
+        let labeller = (!keep_probs).then(|| Labeller::new(&resampler, &scorer, prob_thd));
+        let output = band.output_rows.clone();
+        segmentation.labels[output.start * out_width..output.end * out_width]
+            .par_chunks_mut(out_width)
+            .zip(prob_rows[output.clone()].par_iter_mut())
+            .enumerate()
+            .for_each_init(
+                || Scratch::new(geometry.queries, num_classes),
+                |scratch, (offset, (label_row, prob_row))| {
+                    let y = output.start + offset;
+                    for (x, label) in label_row.iter_mut().enumerate() {
+                        if let Some(labeller) = &labeller {
+                            *label = labeller.at(y, x, scratch) as u8;
+                            continue;
+                        }
+                        resampler.scaled_logits(y, x, &mut scratch.logits);
+                        *label = scorer.thresholded_label(scratch, prob_thd) as u8;
+                        for (plane_row, &prob) in prob_row.iter_mut().zip(&scratch.class_probs) {
+                            plane_row[x] = prob;
+                        }
                     }
-                    resampler.scaled_logits(y, x, &mut scratch.logits);
-                    *label = scorer.thresholded_label(scratch, prob_thd) as u8;
-                    for (plane_row, &prob) in prob_row.iter_mut().zip(&scratch.class_probs) {
-                        plane_row[x] = prob;
-                    }
-                }
-            },
-        );
+                },
+            );
+    }
     for &label in &segmentation.labels {
         segmentation.class_pixels[usize::from(label)] += 1;
     }
     segmentation
 }
 
-/// Bilinear resampling of the canvas at output pixels, from a pixel-major copy so that one
-/// pixel's logits for all queries are contiguous.
-struct Resampler {
-    /// height x width x queries.
-    pixels: Vec<f32>,
+/// Canvas rows held at once: bands of about this many bytes of logits (at least the two rows
+/// an output row interpolates between), so that a long class list costs time, not memory.
+const BAND_BYTES: usize = 64 << 20;
+
+/// The canvas's size and where each output pixel reads it.
+struct Geometry {
     queries: usize,
     in_height: usize,
     in_width: usize,
@@ -152,41 +200,26 @@ struct Resampler {
     logit_scale: f32,
 }
 
-impl Resampler {
-    fn new(logits: &QueryLogits, out_width: usize, out_height: usize, logit_scale: f32) -> Self {
-        let QueryLogits {
+/// Output rows and the canvas rows they interpolate between.
+struct Band {
+    output_rows: Range<usize>,
+    canvas_rows: Range<usize>,
+}
+
+impl Geometry {
+    fn new(
+        logits: &impl CanvasRows,
+        out_width: usize,
+        out_height: usize,
+        logit_scale: f32,
+    ) -> Self {
+        let CanvasShape {
             queries,
             height,
             width,
-            ref data,
-        } = *logits;
+        } = logits.shape();
         assert!(height > 0 && width > 0, "the logits cover no pixels");
-        assert_eq!(
-            data.len(),
-            queries * height * width,
-            "logits are not queries x height x width"
-        );
-        let plane_len = height * width;
-        let mut pixels = vec![0.0; data.len()];
-        // Tiles of a few dozen pixels keep the scattered writes (one per query per pixel) within
-        // cache, where a whole row at once would not be.
-        const TILE: usize = 32;
-        pixels
-            .par_chunks_mut(width * queries)
-            .enumerate()
-            .for_each(|(y, row)| {
-                for (tile_index, tile) in row.chunks_mut(TILE * queries).enumerate() {
-                    let first = y * width + tile_index * TILE;
-                    for q in 0..queries {
-                        let source = &data[q * plane_len + first..];
-                        for (pixel, &value) in tile.chunks_exact_mut(queries).zip(source) {
-                            pixel[q] = value;
-                        }
-                    }
-                }
-            });
-        Resampler {
-            pixels,
+        Geometry {
             queries,
             in_height: height,
             in_width: width,
@@ -196,13 +229,68 @@ impl Resampler {
         }
     }
 
+    /// The output rows in runs that read at most `max_rows` canvas rows (at least two). The
+    /// taps only move down the canvas, and an output row reads two neighbouring canvas rows.
+    fn bands(&self, max_rows: usize) -> Vec<Band> {
+        let max_rows = max_rows.max(2);
+        let mut bands = Vec::new();
+        let mut start = 0;
+        while start < self.taps_y.len() {
+            let first = self.taps_y[start].i0;
+            let mut end = start + 1;
+            while end < self.taps_y.len() && self.taps_y[end].i1 < first + max_rows {
+                end += 1;
+            }
+            bands.push(Band {
+                output_rows: start..end,
+                canvas_rows: first..self.taps_y[end - 1].i1 + 1,
+            });
+            start = end;
+        }
+        bands
+    }
+
+    /// Resampling from canvas rows `first_row..` (`pixels`, rows x width x queries).
+    fn resampler<'a>(&'a self, pixels: &'a [f32], first_row: usize) -> Resampler<'a> {
+        let row_len = self.in_width * self.queries;
+        assert_eq!(pixels.len() % row_len, 0, "whole canvas rows");
+        assert!(first_row + pixels.len() / row_len <= self.in_height);
+        Resampler {
+            pixels,
+            first_row,
+            rows: pixels.len() / row_len,
+            queries: self.queries,
+            in_height: self.in_height,
+            in_width: self.in_width,
+            taps_y: &self.taps_y,
+            taps_x: &self.taps_x,
+            logit_scale: self.logit_scale,
+        }
+    }
+}
+
+/// Bilinear resampling of a band of (pixel-major) canvas rows at output pixels.
+struct Resampler<'a> {
+    /// Canvas rows `first_row..first_row + rows`, each in_width x queries.
+    pixels: &'a [f32],
+    first_row: usize,
+    rows: usize,
+    queries: usize,
+    in_height: usize,
+    in_width: usize,
+    taps_y: &'a [LinearTap],
+    taps_x: &'a [LinearTap],
+    logit_scale: f32,
+}
+
+impl Resampler<'_> {
     /// The logits at output pixel (y, x) times the logit scale, rounded as the reference's
     /// resize followed by its separate multiplication.
     fn scaled_logits(&self, y: usize, x: usize, out: &mut [f32]) {
         let (tap_y, tap_x) = (&self.taps_y[y], &self.taps_x[x]);
         let queries = self.queries;
         let at = |row: usize, col: usize| {
-            &self.pixels[(row * self.in_width + col) * queries..][..queries]
+            &self.pixels[((row - self.first_row) * self.in_width + col) * queries..][..queries]
         };
         let (upper_left, upper_right) = (at(tap_y.i0, tap_x.i0), at(tap_y.i0, tap_x.i1));
         let (lower_left, lower_right) = (at(tap_y.i1, tap_x.i0), at(tap_y.i1, tap_x.i1));
@@ -390,13 +478,12 @@ fn first_arg_max(values: &[f32]) -> usize {
     best
 }
 
-/// Pixels per arg-max class at the output size, before any threshold.
-fn arg_max_areas(labeller: &Labeller) -> Vec<u64> {
+/// Pixels per arg-max class in output rows `rows`, before any threshold.
+fn arg_max_areas(labeller: &Labeller, rows: Range<usize>) -> Vec<u64> {
     let num_classes = labeller.scorer.removed.len();
     let resampler = labeller.resampler;
     let width = resampler.taps_x.len();
-    (0..resampler.taps_y.len())
-        .into_par_iter()
+    rows.into_par_iter()
         .fold(
             || {
                 (
@@ -426,7 +513,7 @@ fn arg_max_areas(labeller: &Labeller) -> Vec<u64> {
 /// Labels at output pixels without their probabilities: per cell where possible, otherwise
 /// per pixel.
 struct Labeller<'a> {
-    resampler: &'a Resampler,
+    resampler: &'a Resampler<'a>,
     scorer: &'a Scorer<'a>,
     prob_thd: Option<f32>,
     /// Only worth building when the output has clearly more pixels than the canvas.
@@ -434,7 +521,7 @@ struct Labeller<'a> {
 }
 
 impl<'a> Labeller<'a> {
-    fn new(resampler: &'a Resampler, scorer: &'a Scorer<'a>, prob_thd: Option<f32>) -> Self {
+    fn new(resampler: &'a Resampler<'a>, scorer: &'a Scorer<'a>, prob_thd: Option<f32>) -> Self {
         let out_pixels = resampler.taps_y.len() * resampler.taps_x.len();
         let in_pixels = resampler.in_height * resampler.in_width;
         let scale = resampler.logit_scale;
@@ -475,8 +562,10 @@ impl<'a> Labeller<'a> {
 /// Bilinear weights are non-negative and sum to one, so inside the cell every lead is at least
 /// its smallest value at the corners, and -ln p at most its largest.
 struct CellLabels {
+    /// The first canvas row of the band the cells are in.
+    first_row: usize,
     in_width: usize,
-    /// Per cell, named by its top-left canvas pixel.
+    /// Per cell of the band, named by its top-left canvas pixel.
     labels: Vec<Option<u8>>,
 }
 
@@ -504,11 +593,17 @@ impl CellLabels {
             .par_chunks(resampler.queries)
             .map(|logits| Self::corner(scorer, logits, scale, prob_thd.is_some()))
             .collect();
-        let (height, width) = (resampler.in_height, resampler.in_width);
+        let (height, width) = (resampler.rows, resampler.in_width);
+        // The band's last row starts cells only if it is the canvas's last row: otherwise its
+        // cells reach into the next band, and no output row of this band reads them.
+        let ends_canvas = resampler.first_row + height == resampler.in_height;
         let labels = (0..height * width)
             .into_par_iter()
             .map(|index| {
                 let (row, col) = (index / width, index % width);
+                if row + 1 == height && !ends_canvas {
+                    return None;
+                }
                 let (next_row, next_col) = ((row + 1).min(height - 1), (col + 1).min(width - 1));
                 let cell = [
                     corners[index],
@@ -540,6 +635,7 @@ impl CellLabels {
             })
             .collect();
         CellLabels {
+            first_row: resampler.first_row,
             in_width: width,
             labels,
         }
@@ -606,7 +702,7 @@ impl CellLabels {
 
     /// The label of every output pixel whose taps start at canvas pixel (row, col), if known.
     fn label(&self, row: usize, col: usize) -> Option<usize> {
-        self.labels[row * self.in_width + col].map(usize::from)
+        self.labels[(row - self.first_row) * self.in_width + col].map(usize::from)
     }
 }
 
@@ -639,18 +735,11 @@ mod tests {
 
     /// A 1-row canvas from per-pixel logit vectors, kept at its own size by `run`.
     fn row_of_pixels<const Q: usize>(pixels: &[[f32; Q]]) -> QueryLogits {
-        let width = pixels.len();
-        let mut data = vec![0.0; Q * width];
-        for (x, pixel) in pixels.iter().enumerate() {
-            for (q, &value) in pixel.iter().enumerate() {
-                data[q * width + x] = value;
-            }
-        }
         QueryLogits {
             queries: Q,
             height: 1,
-            width,
-            data,
+            width: pixels.len(),
+            data: pixels.concat(),
         }
     }
 
@@ -842,17 +931,12 @@ mod tests {
         let query_class = [0, 1, 2, 3, 1, 2, 4, 0];
         let coarse = uniform(queries * height * width, 7);
         let nudges = uniform(queries * height * width, 8);
-        let data = coarse
+        let data: Vec<f32> = coarse
             .iter()
             .zip(&nudges)
             .map(|(&c, &n)| (c * 8.0).round() * 1e-3 + if n > 0.3 { 1e-7 } else { 0.0 })
             .collect();
-        let logits = QueryLogits {
-            queries,
-            height,
-            width,
-            data,
-        };
+        let logits = QueryLogits::from_query_major(queries, height, width, &data);
         for logit_scale in [0.5, 40.0] {
             for area_thd in [None, Some(0.15)] {
                 let params = PostprocessParams {
@@ -905,12 +989,7 @@ mod tests {
                 }
             }
         }
-        let logits = QueryLogits {
-            queries,
-            height,
-            width,
-            data,
-        };
+        let logits = QueryLogits::from_query_major(queries, height, width, &data);
         for logit_scale in [0.5, 40.0, 2000.0] {
             for area_thd in [None, Some(0.1)] {
                 for prob_thd in [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95] {
@@ -927,11 +1006,61 @@ mod tests {
             }
         }
         // The cells did label most of the image, and left the boundaries to the pixels.
-        let resampler = Resampler::new(&logits, 83, 61, 40.0);
+        let geometry = Geometry::new(&logits, 83, 61, 40.0);
+        let resampler = geometry.resampler(&logits.data, 0);
         let scorer = Scorer::new(&query_class, vec![false; 4]);
         let cells = Labeller::new(&resampler, &scorer, None).cells.unwrap();
         let known = cells.labels.iter().filter(|label| label.is_some()).count();
         assert!(known > cells.labels.len() / 2 && known < cells.labels.len());
+    }
+
+    /// Reading the canvas in bands of rows changes the memory, never a label or probability:
+    /// up- and downscaled, with and without thresholds, bands down to two rows.
+    #[test]
+    fn bands_of_canvas_rows_give_what_the_whole_canvas_gives() {
+        let (queries, height, width) = (5, 13, 9);
+        let data: Vec<f32> = uniform(queries * height * width, 11)
+            .iter()
+            .map(|&u| 0.2 + 0.1 * u)
+            .collect();
+        let logits = QueryLogits::from_query_major(queries, height, width, &data);
+        let query_class = [0, 1, 2, 1, 3];
+        for (out_width, out_height) in [(9, 13), (31, 47), (4, 5), (20, 6)] {
+            for (prob_thd, area_thd) in [(0.0, None), (0.4, Some(0.2))] {
+                let params = PostprocessParams {
+                    logit_scale: 40.0,
+                    prob_thd,
+                    area_thd,
+                };
+                for keep_probs in [false, true] {
+                    let run = |band_rows| {
+                        postprocess_in_bands(
+                            &logits,
+                            &query_class,
+                            4,
+                            (out_width, out_height),
+                            &params,
+                            keep_probs,
+                            band_rows,
+                        )
+                    };
+                    let whole = run(height);
+                    assert_eq!(whole, run(usize::MAX));
+                    let bands = Geometry::new(&logits, out_width, out_height, 40.0).bands(2);
+                    assert!(bands.len() > 2, "{out_width} x {out_height}");
+                    for band_rows in [0, 2, 3, 5] {
+                        let banded = run(band_rows);
+                        let bits = |s: &Segmentation| {
+                            s.probs
+                                .as_ref()
+                                .map(|p| p.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                        };
+                        assert_eq!(banded.labels, whole.labels, "{band_rows} rows");
+                        assert_eq!(bits(&banded), bits(&whole), "{band_rows} rows");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -939,12 +1068,8 @@ mod tests {
         // Class 1 leads the background by 0.05 everywhere: at scale 40 its probability is
         // 1 / (1 + e^-2) = 0.8808 all over an 8 x 8 upscale of a 2 x 2 canvas. Thresholds just
         // above and just below it must give what the per-pixel softmax gives.
-        let logits = QueryLogits {
-            queries: 2,
-            height: 2,
-            width: 2,
-            data: vec![0.1, 0.2, 0.3, 0.4, 0.15, 0.25, 0.35, 0.45],
-        };
+        let logits =
+            QueryLogits::from_query_major(2, 2, 2, &[0.1, 0.2, 0.3, 0.4, 0.15, 0.25, 0.35, 0.45]);
         let prob = 1.0 / (1.0 + (-2.0f32).exp());
         for ratio in [1.0001, 1.0015, 1.002, 0.999, 0.99] {
             let params = PostprocessParams {
@@ -962,7 +1087,8 @@ mod tests {
             assert!(full.labels.iter().all(|&label| label == expected_label));
         }
         // Clearly below the threshold's margin the cells settle every pixel.
-        let resampler = Resampler::new(&logits, 8, 8, 40.0);
+        let geometry = Geometry::new(&logits, 8, 8, 40.0);
+        let resampler = geometry.resampler(&logits.data, 0);
         let scorer = Scorer::new(&[0, 1], vec![false; 2]);
         let cells = Labeller::new(&resampler, &scorer, Some(prob * 0.99))
             .cells
@@ -1068,16 +1194,11 @@ mod tests {
 
     #[test]
     fn random_case_matches_pytorch() {
-        let data = uniform(6 * 9 * 12, 2)
+        let data: Vec<f32> = uniform(6 * 9 * 12, 2)
             .iter()
             .map(|&u| 0.2 + 0.1 * u)
             .collect();
-        let logits = QueryLogits {
-            queries: 6,
-            height: 9,
-            width: 12,
-            data,
-        };
+        let logits = QueryLogits::from_query_major(6, 9, 12, &data);
         let query_class = [0, 1, 1, 2, 3, 0];
         let params = |prob_thd, area_thd| PostprocessParams {
             logit_scale: 40.0,

@@ -1,9 +1,12 @@
 //! Sliding-window inference geometry (spec section 4): where the windows go, and how their
 //! per-patch logits are stretched back to pixels and averaged where windows overlap.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
-use crate::interp::linear_taps;
+use crate::interp::{linear_taps, LinearTap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -45,7 +48,24 @@ pub fn window_grid(height: usize, width: usize, window: usize, stride: usize) ->
         .collect()
 }
 
-/// Per-query logits for every pixel of the resized image, queries x height x width (row-major).
+/// The averaged logits of a canvas, read a band of rows at a time: with many names the whole
+/// canvas is the largest buffer of a run, so post-processing never asks for all of it at once.
+pub trait CanvasRows: Sync {
+    fn shape(&self) -> CanvasShape;
+    /// The logits of canvas rows `rows`, rows x width x queries: one pixel's logits for every
+    /// query contiguous.
+    fn rows(&self, rows: Range<usize>) -> Cow<'_, [f32]>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CanvasShape {
+    pub queries: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Per-query logits for every pixel of a canvas, height x width x queries, held whole.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryLogits {
     pub queries: usize,
@@ -54,16 +74,76 @@ pub struct QueryLogits {
     pub data: Vec<f32>,
 }
 
-/// Accumulates per-window query logits into a full-size canvas with a per-pixel count of the
-/// windows that covered it, so that overlapping windows are averaged.
+#[cfg(test)]
+impl QueryLogits {
+    /// From queries x height x width logits, the layout of the reference's tensors.
+    pub(crate) fn from_query_major(
+        queries: usize,
+        height: usize,
+        width: usize,
+        planes: &[f32],
+    ) -> Self {
+        assert_eq!(planes.len(), queries * height * width);
+        let plane_len = height * width;
+        let data = (0..plane_len)
+            .flat_map(|pixel| (0..queries).map(move |q| planes[q * plane_len + pixel]))
+            .collect();
+        QueryLogits {
+            queries,
+            height,
+            width,
+            data,
+        }
+    }
+
+    /// The logits as queries x height x width.
+    pub(crate) fn query_major(&self) -> Vec<f32> {
+        let plane_len = self.height * self.width;
+        (0..self.queries)
+            .flat_map(|q| (0..plane_len).map(move |pixel| self.data[pixel * self.queries + q]))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+impl CanvasRows for QueryLogits {
+    fn shape(&self) -> CanvasShape {
+        CanvasShape {
+            queries: self.queries,
+            height: self.height,
+            width: self.width,
+        }
+    }
+
+    fn rows(&self, rows: Range<usize>) -> Cow<'_, [f32]> {
+        let row_len = self.width * self.queries;
+        Cow::Borrowed(&self.data[rows.start * row_len..rows.end * row_len])
+    }
+}
+
+/// Gathers an image's window logits and averages them into a full-size canvas where windows
+/// overlap, weighting by the number of windows that covered each pixel.
+///
+/// Windows are kept at their patch grid until [`LogitCanvas::finish`]: a grid is a few
+/// hundredths of the pixels it stretches to, and with hundreds of names the full canvas is the
+/// largest buffer of a run, so only the image being post-processed holds one, not every image
+/// in flight. The canvas is laid out as post-processing reads it (pixel-major), so that it is
+/// handed over as it is rather than copied.
 pub struct LogitCanvas {
     queries: usize,
     height: usize,
     width: usize,
-    /// queries x height x width sums of the windows' stretched logits.
-    sums: Vec<f32>,
-    /// height x width number of windows that covered each pixel.
-    coverage: Vec<u32>,
+    /// The windows added, in order.
+    windows: Vec<WindowLogits>,
+}
+
+/// One window's logits at its patch grid.
+struct WindowLogits {
+    window: Window,
+    grid_h: usize,
+    grid_w: usize,
+    /// grid_h x grid_w x queries: each patch's logits contiguous, as on the canvas.
+    patches: Vec<f32>,
 }
 
 impl LogitCanvas {
@@ -72,15 +152,14 @@ impl LogitCanvas {
             queries,
             height,
             width,
-            sums: vec![0.0; queries * height * width],
-            coverage: vec![0; height * width],
+            windows: Vec::new(),
         }
     }
 
-    /// Adds one window's logits, queries x grid_h x grid_w (row-major), stretched bilinearly
-    /// (align_corners = false) to the window's own size. The 0..patch-1 pixel rows and columns
-    /// that no patch saw are covered by that stretch. Windows must be added in the reference's
-    /// order (row-major) for the float sums to agree with it.
+    /// Adds one window's logits, queries x grid_h x grid_w (row-major), to be stretched
+    /// bilinearly (align_corners = false) to the window's own size. The 0..patch-1 pixel rows
+    /// and columns that no patch saw are covered by that stretch. Windows must be added in the
+    /// reference's order (row-major) for the float sums to agree with it.
     pub fn add_window(&mut self, window: &Window, logits: &[f32], grid_h: usize, grid_w: usize) {
         assert!(
             window.top + window.height <= self.height && window.left + window.width <= self.width,
@@ -89,74 +168,141 @@ impl LogitCanvas {
             self.width
         );
         let grid_len = grid_h * grid_w;
+        let queries = self.queries;
         assert_eq!(
             logits.len(),
-            self.queries * grid_len,
-            "expected {} queries x {grid_h} x {grid_w} logits",
-            self.queries
+            queries * grid_len,
+            "expected {queries} queries x {grid_h} x {grid_w} logits"
         );
-        let canvas_width = self.width;
-        let plane_len = self.height * canvas_width;
-        if plane_len == 0 {
-            // An empty canvas has nothing to draw on (and no planes to split it into).
-            return;
-        }
-        let taps_y = linear_taps(grid_h, window.height);
-        let taps_x = linear_taps(grid_w, window.width);
-        self.sums
-            .par_chunks_mut(plane_len)
-            .zip(logits.par_chunks(grid_len))
-            .for_each(|(plane, grid)| {
-                // Every grid row stretched horizontally once; each output row then blends two.
-                let stretched: Vec<f32> = grid
-                    .chunks_exact(grid_w)
-                    .flat_map(|row| taps_x.iter().map(|tap| tap.apply(row[tap.i0], row[tap.i1])))
-                    .collect();
-                for (y, tap_y) in taps_y.iter().enumerate() {
-                    let upper = &stretched[tap_y.i0 * window.width..][..window.width];
-                    let lower = &stretched[tap_y.i1 * window.width..][..window.width];
-                    let start = (window.top + y) * canvas_width + window.left;
-                    let out = &mut plane[start..start + window.width];
-                    for ((sum, &upper), &lower) in out.iter_mut().zip(upper).zip(lower) {
-                        *sum += tap_y.apply(upper, lower);
-                    }
+        let mut patches = vec![0.0; grid_len * queries];
+        if queries > 0 {
+            for (q, plane) in logits.chunks_exact(grid_len).enumerate() {
+                for (patch, &logit) in patches.chunks_exact_mut(queries).zip(plane) {
+                    patch[q] = logit;
                 }
-            });
-        for row in window.top..window.top + window.height {
-            let start = row * canvas_width + window.left;
-            for count in &mut self.coverage[start..start + window.width] {
-                *count += 1;
             }
         }
+        self.windows.push(WindowLogits {
+            window: *window,
+            grid_h,
+            grid_w,
+            patches,
+        });
     }
 
-    /// The average over the windows that covered each pixel, queries x height x width.
+    /// The windows' average, ready to be read in bands of rows.
     /// Panics if a pixel was covered by no window (a grid whose stride is at most its window covers the image).
-    pub fn finish(self) -> QueryLogits {
-        assert!(
-            self.coverage.iter().all(|&count| count > 0),
-            "some pixels were covered by no window"
-        );
+    pub fn finish(self) -> FinishedCanvas {
         let LogitCanvas {
             queries,
             height,
             width,
-            mut sums,
-            coverage,
+            windows,
         } = self;
-        let plane_len = height * width;
-        if plane_len > 0 {
-            sums.par_chunks_mut(plane_len).for_each(|plane| {
-                for (value, &count) in plane.iter_mut().zip(&coverage) {
-                    *value /= count as f32;
+        let mut coverage = vec![0u32; height * width];
+        for WindowLogits { window, .. } in &windows {
+            for row in window.top..window.top + window.height {
+                let start = row * width + window.left;
+                for count in &mut coverage[start..start + window.width] {
+                    *count += 1;
+                }
+            }
+        }
+        assert!(
+            coverage.iter().all(|&count| count > 0),
+            "some pixels were covered by no window"
+        );
+        let taps = windows
+            .iter()
+            .map(|w| {
+                (
+                    linear_taps(w.grid_h, w.window.height),
+                    linear_taps(w.grid_w, w.window.width),
+                )
+            })
+            .collect();
+        FinishedCanvas {
+            shape: CanvasShape {
+                queries,
+                height,
+                width,
+            },
+            windows,
+            taps,
+            coverage,
+        }
+    }
+}
+
+/// Every window of an image, each averaged into the canvas pixels it covers when a band of
+/// rows is asked for.
+pub struct FinishedCanvas {
+    shape: CanvasShape,
+    windows: Vec<WindowLogits>,
+    /// Per window, its y and x stretch taps.
+    taps: Vec<(Vec<LinearTap>, Vec<LinearTap>)>,
+    /// height x width number of windows that covered each pixel.
+    coverage: Vec<u32>,
+}
+
+impl CanvasRows for FinishedCanvas {
+    fn shape(&self) -> CanvasShape {
+        self.shape
+    }
+
+    fn rows(&self, rows: Range<usize>) -> Cow<'_, [f32]> {
+        let CanvasShape { queries, width, .. } = self.shape;
+        let mut sums = vec![0.0f32; rows.len() * width * queries];
+        if sums.is_empty() {
+            return Cow::Owned(sums);
+        }
+        let first = rows.start;
+        sums.par_chunks_mut(width * queries)
+            .zip(self.coverage[first * width..rows.end * width].par_chunks(width))
+            .enumerate()
+            .for_each(|(offset, (row, counts))| {
+                let y = first + offset;
+                // Each pixel adds the windows over it in the order they came, from 0.
+                for (logits, (taps_y, taps_x)) in self.windows.iter().zip(&self.taps) {
+                    let window = &logits.window;
+                    if (window.top..window.top + window.height).contains(&y) {
+                        logits.stretch_row_onto(&taps_y[y - window.top], taps_x, row, queries);
+                    }
+                }
+                for (pixel, &count) in row.chunks_exact_mut(queries).zip(counts) {
+                    for value in pixel {
+                        *value /= count as f32;
+                    }
                 }
             });
-        }
-        QueryLogits {
-            queries,
-            height,
-            width,
-            data: sums,
+        Cow::Owned(sums)
+    }
+}
+
+impl WindowLogits {
+    /// Adds the window's logits stretched to one of its pixel rows (at `tap_y`) onto that
+    /// canvas row: stretched along x first, then y, the reference's order of rounding.
+    fn stretch_row_onto(
+        &self,
+        tap_y: &LinearTap,
+        taps_x: &[LinearTap],
+        canvas_row: &mut [f32],
+        queries: usize,
+    ) {
+        let grid_row_len = self.grid_w * queries;
+        // Patch (grid row, grid column)'s logits.
+        let patch =
+            |row: usize, col: usize| &self.patches[row * grid_row_len + col * queries..][..queries];
+        let window = &self.window;
+        let out_row = &mut canvas_row[window.left * queries..][..window.width * queries];
+        for (out, tap_x) in out_row.chunks_exact_mut(queries).zip(taps_x) {
+            let (upper_left, upper_right) = (patch(tap_y.i0, tap_x.i0), patch(tap_y.i0, tap_x.i1));
+            let (lower_left, lower_right) = (patch(tap_y.i1, tap_x.i0), patch(tap_y.i1, tap_x.i1));
+            for q in 0..queries {
+                let upper = tap_x.apply(upper_left[q], upper_right[q]);
+                let lower = tap_x.apply(lower_left[q], lower_right[q]);
+                out[q] += tap_y.apply(upper, lower);
+            }
         }
     }
 }
@@ -248,7 +394,20 @@ mod tests {
             let logits = pattern(queries * grid_h * grid_w, 7 + 31 * k);
             canvas.add_window(window, &logits, grid_h, grid_w);
         }
-        canvas.finish()
+        let finished = canvas.finish();
+        let whole = finished.rows(0..height).into_owned();
+        // Any band of rows is those rows of the whole.
+        let row_len = width * queries;
+        for band in [0..1, height / 3..height / 2 + 1, height - 1..height] {
+            let rows = finished.rows(band.clone());
+            assert_eq!(&rows[..], &whole[band.start * row_len..band.end * row_len]);
+        }
+        QueryLogits {
+            queries,
+            height,
+            width,
+            data: whole,
+        }
     }
 
     // The reference loop (window logits laid out as SCLIP's, F.interpolate bilinear to the
@@ -301,13 +460,13 @@ mod tests {
         // 6 x 9, crop 4, stride 3: 2 x 3 overlapping windows of 2 x 2 patches.
         let logits = slide(6, 9, 4, 3, 2, 2);
         assert_eq!((logits.queries, logits.height, logits.width), (2, 6, 9));
-        assert_close(&logits.data, &CANVAS_6X9, 1e-6);
+        assert_close(&logits.query_major(), &CANVAS_6X9, 1e-6);
     }
 
     #[test]
     fn canvas_with_windows_shorter_than_the_crop() {
         // 3 rows under a crop of 4: windows are 3 x 4 with a 1 x 2 patch grid, stretched.
-        assert_close(&slide(3, 9, 4, 3, 2, 2).data, &CANVAS_3X9, 1e-6);
+        assert_close(&slide(3, 9, 4, 3, 2, 2).query_major(), &CANVAS_3X9, 1e-6);
     }
 
     #[test]
@@ -315,12 +474,9 @@ mod tests {
         // 150 x 200, crop 100, stride 50, patch 16: 6 x 6 patches per 100-pixel window, whose
         // 4 leftover pixels are covered by the stretch.
         let logits = slide(150, 200, 100, 50, 3, 16);
-        let plane = 150 * 200;
         for (row, col, expected) in CANVAS_150X200_SAMPLES {
-            let actual: Vec<f32> = (0..3)
-                .map(|q| logits.data[q * plane + row * 200 + col])
-                .collect();
-            assert_close(&actual, &expected, 1e-6);
+            let pixel = (row * 200 + col) * 3;
+            assert_close(&logits.data[pixel..pixel + 3], &expected, 1e-6);
         }
     }
 

@@ -18,6 +18,10 @@ use tower::{Member, PromptGroup, TextTower};
 const TEMPLATES: &str = include_str!("../../assets/imagenet_templates.txt");
 const START_TOKEN: &str = "<|startoftext|>";
 const END_TOKEN: &str = "<|endoftext|>";
+/// Names whose prompts are encoded together: all of them for any list of up to
+/// [`MAX_CLASSES`](crate::classes::MAX_CLASSES) names, so that such lists share their prompts'
+/// prefixes as before; past it the embeddings held at once (80 prompts a name) stop growing.
+pub const NAMES_PER_PASS: usize = 256;
 
 /// The 80 prompt templates of OpenAI's CLIP ImageNet zero-shot notebook, `{}` marking the name.
 pub fn templates() -> Vec<&'static str> {
@@ -91,8 +95,17 @@ impl TextEncoder {
     }
 
     /// One query per name: the normalised mean of its normalised prompt embeddings,
-    /// names x projection_dim (f32, on the CPU).
+    /// names x projection_dim (f32, on the CPU). Names go through the tower
+    /// [`NAMES_PER_PASS`] at a time, so that its memory does not grow with the list.
     pub fn name_queries(&self, names: &[String], layout: PromptLayout) -> Result<Tensor> {
+        let chunks = names
+            .chunks(NAMES_PER_PASS)
+            .map(|chunk| self.chunk_queries(chunk, layout))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&chunks, 0)?)
+    }
+
+    fn chunk_queries(&self, names: &[String], layout: PromptLayout) -> Result<Tensor> {
         let groups = self.prompt_groups(names, layout)?;
         // Rows come template-major: template 0 with every name, then template 1, ...
         let embeddings = l2_normalize(&self.tower.encode(&groups)?)?;
@@ -227,6 +240,32 @@ mod tests {
         let difference =
             crate::test_support::max_abs_difference(&alone, &shared.narrow(0, 0, 1).unwrap());
         assert!(difference < 1e-6, "{difference}");
+    }
+
+    /// Past [`NAMES_PER_PASS`] the names go through the tower in passes: each name's query is
+    /// exactly what its pass alone gives, in the list's order.
+    #[test]
+    fn long_lists_are_encoded_in_passes_of_names() {
+        let encoder = crate::test_support::fixture_model(candle_core::DType::F32)
+            .text_encoder()
+            .unwrap();
+        let names: Vec<String> = (0..NAMES_PER_PASS + 3)
+            .map(|i| format!("{} thing {i}", ["red", "small", "wooden"][i % 3]))
+            .collect();
+        let all = encoder
+            .name_queries(&names, PromptLayout::SharedPrefix)
+            .unwrap();
+        assert_eq!(all.dim(0).unwrap(), names.len());
+        for (start, pass) in [
+            (0, &names[..NAMES_PER_PASS]),
+            (NAMES_PER_PASS, &names[NAMES_PER_PASS..]),
+        ] {
+            let alone = encoder
+                .name_queries(pass, PromptLayout::SharedPrefix)
+                .unwrap();
+            let rows = all.narrow(0, start, pass.len()).unwrap();
+            assert_eq!(crate::test_support::max_abs_difference(&rows, &alone), 0.0);
+        }
     }
 
     #[test]

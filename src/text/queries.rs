@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 
-use super::cache::{model_fingerprint, QueryCache, QueryKey};
+use super::cache::{model_fingerprint, Lookup, QueryCache, QueryKey};
 use super::{templates, PromptLayout, TextEncoder};
 use crate::classes::ClassList;
 use crate::model::Model;
@@ -79,7 +79,7 @@ impl<'m> QueryEncoder<'m> {
             }
             None => None,
         };
-        let queries = |matrix, cache, store_error| ClassQueries {
+        let queries = |matrix, cache, store_error, damaged_file| ClassQueries {
             classes: classes.clone(),
             matrix,
             query_class: query_class.clone(),
@@ -88,12 +88,20 @@ impl<'m> QueryEncoder<'m> {
                 cache,
                 seconds: started.elapsed().as_secs_f64(),
                 store_error,
+                damaged_file,
             },
         };
+        let mut damaged_file = None;
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
-            if let Some(data) = cache.load(key) {
-                let matrix = Tensor::from_vec(data, (names.len(), dim), &Device::Cpu)?;
-                return Ok(queries(matrix, CacheUse::Hit, None));
+            match cache.load(key) {
+                Lookup::Hit(data) => {
+                    let matrix = Tensor::from_vec(data, (names.len(), dim), &Device::Cpu)?;
+                    return Ok(queries(matrix, CacheUse::Hit, None, None));
+                }
+                Lookup::Absent => {}
+                Lookup::Damaged(damage) => {
+                    damaged_file = Some(format!("{} ({damage})", cache.path(key).display()));
+                }
             }
         }
         let text = match &mut self.text {
@@ -103,6 +111,17 @@ impl<'m> QueryEncoder<'m> {
         let matrix = text
             .name_queries(&names, PromptLayout::SharedPrefix)
             .context("cannot encode the class queries")?;
+        // Checked here, not only when caching: NaN queries would label every pixel class 0.
+        let finite = matrix
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|value| value.is_finite());
+        ensure!(
+            finite,
+            "the text tower gave class queries that are not finite numbers; the model's weights \
+             may be damaged"
+        );
         let (cache_use, store_error) = match (&self.cache, &key) {
             (Some(cache), Some(key)) => {
                 let data = matrix.flatten_all()?.to_vec1::<f32>()?;
@@ -114,7 +133,7 @@ impl<'m> QueryEncoder<'m> {
             }
             _ => (CacheUse::Off, None),
         };
-        Ok(queries(matrix, cache_use, store_error))
+        Ok(queries(matrix, cache_use, store_error, damaged_file))
     }
 }
 
@@ -126,6 +145,9 @@ pub struct TextStats {
     pub seconds: f64,
     /// Why freshly encoded queries could not be saved for the next run, if they could not.
     pub store_error: Option<String>,
+    /// The cache file that was there but damaged (which file, and how), if one was: its
+    /// queries were encoded again and, unless `store_error` says otherwise, the file replaced.
+    pub damaged_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -108,10 +108,21 @@ fn in_cli_words(cause: &(dyn Error + 'static)) -> Option<String> {
             ),
         });
     }
-    if let Some(ClassListError::Empty) = cause.downcast_ref::<ClassListError>() {
-        return Some(format!(
+    match cause.downcast_ref::<ClassListError>() {
+        Some(ClassListError::Empty) => {
+            return Some(format!(
             "the class list is empty; name at least one class, e.g. --classes {CLASSES_EXAMPLE:?}"
-        ));
+        ))
+        }
+        Some(ClassListError::TooManyNames { count }) => {
+            return Some(format!(
+                "{count} names given (classes and synonyms together), over the limit of {} per \
+                 run; drop synonyms, or split the classes over several runs, each with its own \
+                 --classes or --classes-file",
+                sclip::classes::MAX_NAMES
+            ))
+        }
+        _ => {}
     }
     if let Some(error) = cause.downcast_ref::<TooManyPixels>() {
         let (declared, limit) = error.megapixels();

@@ -234,6 +234,9 @@ fn segmenter<'m>(
     } else if let (Some(error), false) = (&text_stats.store_error, args.quiet) {
         eprintln!("sclip: warning: the text queries could not be cached: {error}");
     }
+    if let (Some(file), false) = (&text_stats.damaged_file, args.quiet) {
+        eprintln!("sclip: warning: the damaged query cache file {file} was not used; encoded the queries again");
+    }
     Segmenter::new(model, queries, settings)
 }
 
@@ -298,9 +301,10 @@ fn class_list(args: &SegmentArgs, preset: Option<&Preset>) -> Result<ClassList> 
         (Some(list), _, _) => ClassList::parse_inline(list).map_err(|error| {
             let context = match error {
                 ClassListError::BlankName { .. } => format!("bad --classes {list:?}"),
-                ClassListError::Empty | ClassListError::TooMany { .. } => {
-                    "bad --classes".to_string()
-                }
+                ClassListError::Empty
+                | ClassListError::TooMany { .. }
+                | ClassListError::TooManyNames { .. }
+                | ClassListError::DuplicateName { .. } => "bad --classes".to_string(),
             };
             anyhow::Error::new(error).context(context)
         }),
