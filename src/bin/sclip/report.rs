@@ -28,6 +28,8 @@ pub enum Format {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub ok: usize,
+    /// Of the `ok` ones, those whose decoder warned about damaged data.
+    pub warned: usize,
     pub skipped: usize,
     pub failed: usize,
 }
@@ -42,6 +44,8 @@ pub struct Outcome {
     pub seconds: f64,
     /// (class index, fraction of the pixels) for every class in the mask, largest first.
     pub present: Vec<(usize, f64)>,
+    /// The decoder's warnings: damaged data it decoded past, so the mask may be wrong there.
+    pub warnings: Vec<String>,
 }
 
 /// Facts about the run that the summary reports besides the counts.
@@ -135,6 +139,16 @@ impl<'a> Reporter<'a> {
         match result {
             Ok(outcome) => {
                 self.counts.ok += 1;
+                if !outcome.warnings.is_empty() {
+                    self.counts.warned += 1;
+                    // Like errors, on stderr whatever the format and --quiet: the mask was
+                    // written, but may be wrong where the data was damaged.
+                    self.print_stderr(&format!(
+                        "sclip: warning: {}: {}",
+                        job.image.display(),
+                        outcome.warnings.join("; ")
+                    ));
+                }
                 match self.format {
                     Format::Json => {
                         let classes: Vec<Value> = outcome
@@ -157,6 +171,7 @@ impl<'a> Reporter<'a> {
                             "seconds": round_ms(outcome.seconds),
                             "outputs": outputs(job),
                             "classes": classes,
+                            "warnings": outcome.warnings,
                         });
                         self.print_stdout(&line.to_string());
                     }
@@ -223,6 +238,7 @@ impl<'a> Reporter<'a> {
         };
         let Counts {
             ok,
+            warned,
             skipped,
             failed,
         } = self.counts;
@@ -231,6 +247,7 @@ impl<'a> Reporter<'a> {
                 let line = json!({
                     "type": "summary",
                     "ok": ok,
+                    "warned": warned,
                     "skipped": skipped,
                     "failed": failed,
                     "not_started": facts.not_started,
@@ -244,8 +261,13 @@ impl<'a> Reporter<'a> {
                 self.print_stdout(&line.to_string());
             }
             Format::Human if !self.quiet => {
+                let warned = if warned > 0 {
+                    format!(" ({warned} with warnings)")
+                } else {
+                    String::new()
+                };
                 let mut line = format!(
-                    "sclip: {ok} ok, {skipped} skipped, {failed} failed in {seconds:.1} s ({per_second:.2} images/s)"
+                    "sclip: {ok} ok{warned}, {skipped} skipped, {failed} failed in {seconds:.1} s ({per_second:.2} images/s)"
                 );
                 if facts.interrupted {
                     line.push_str(&format!("; interrupted, {} not started", facts.not_started));
