@@ -88,7 +88,7 @@ fn photo_tree() -> tempfile::TempDir {
     copy_fixture("small_window.png", &photos.join("trip/day1/beach.png"));
     copy_fixture("chelsea_grey.png", &photos.join("trip/cat.data"));
     copy_fixture("coffee.png", &photos.join(".hidden.png"));
-    std::fs::write(photos.join("trip/notes.jpg"), b"not an image at all").unwrap();
+    std::fs::write(photos.join("trip/notes.txt"), b"not an image at all").unwrap();
     dir
 }
 
