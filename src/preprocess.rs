@@ -107,8 +107,8 @@ fn decoder_limits(max_pixels: u64) -> Limits {
 }
 
 /// The orientation in a JPEG's EXIF (APP1) segment, found by walking the markers before the scan
-/// the way OpenCV's EXIF reader does, so that it works for every JPEG libjpeg decodes (the image
-/// crate's own JPEG reader refuses some, e.g. arithmetic-coded ones).
+/// as libjpeg does, so that it works for every JPEG libjpeg decodes (the image crate's own JPEG
+/// reader refuses some, e.g. arithmetic-coded ones).
 fn jpeg_exif_orientation(bytes: &[u8]) -> Orientation {
     const APP1: u8 = 0xE1;
     jpeg_header_segments(bytes)

@@ -42,7 +42,8 @@ pub trait ImageSource: Sync {
 /// Image files, read with [`load_image`].
 pub struct ImageFiles<P> {
     pub paths: Vec<P>,
-    /// Files whose header declares more pixels are refused before decoding.
+    /// Files whose header declares more pixels are refused before decoding, and files larger
+    /// than [`max_file_bytes`](crate::preprocess::max_file_bytes) of it before reading.
     pub max_pixels: u64,
 }
 

@@ -124,7 +124,7 @@ impl Warnings {
     fn take(&mut self) -> Vec<String> {
         let mut warnings = std::mem::take(&mut self.kept);
         if self.more > 0 {
-            warnings.push(format!("and {} more libjpeg warnings", self.more));
+            warnings.push(format!("and {} other libjpeg warnings", self.more));
         }
         self.more = 0;
         warnings
