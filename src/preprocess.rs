@@ -907,6 +907,21 @@ mod tests {
             decoded.warnings
         );
 
+        // Flipped bits in the scan: the rows use up less of it than there is, which libjpeg
+        // finds on its way to the end-of-image marker.
+        let mut flipped = jpeg.clone();
+        let scan = marker_position(&jpeg, 0xDA);
+        flipped[(scan + jpeg.len()) / 2] ^= 0x55;
+        let decoded = decode_image(&flipped, DEFAULT_MAX_PIXELS).unwrap();
+        assert!(
+            decoded
+                .warnings
+                .iter()
+                .any(|w| w.contains("Corrupt JPEG data")),
+            "{:?}",
+            decoded.warnings
+        );
+
         // Junk between two segments: libjpeg skips it and says so.
         let mut junk = jpeg.clone();
         junk.splice(

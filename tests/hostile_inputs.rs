@@ -174,12 +174,18 @@ fn damaged_jpegs_are_segmented_with_a_warning() {
     cut.extend_from_slice(&[0xFF, 0xD9]);
     let damaged = dir.path().join("damaged.jpg");
     std::fs::write(&damaged, cut).unwrap();
+    // One byte flipped in the middle of the scan.
+    let mut flipped = whole.clone();
+    let scan = marker_position(&whole, 0xDA);
+    flipped[(scan + whole.len()) / 2] ^= 0x55;
+    let flipped_path = dir.path().join("flipped.jpg");
+    std::fs::write(&flipped_path, flipped).unwrap();
     let intact = dir.path().join("intact.jpg");
     copy_fixture("astronaut.jpg", &intact);
     let out = dir.path().join("masks");
 
     let output = segment()
-        .args([&damaged, &intact])
+        .args([&damaged, &flipped_path, &intact])
         .arg("--json")
         .arg("--out")
         .arg(&out)
@@ -195,7 +201,14 @@ fn damaged_jpegs_are_segmented_with_a_warning() {
         warning.contains(&*damaged.to_string_lossy()) && warning.contains("Corrupt JPEG data"),
         "{warning}"
     );
-    assert_eq!(stderr.matches("sclip: warning: ").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("sclip: warning: ").count(), 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "sclip: warning: {}: Corrupt JPEG data: ",
+            flipped_path.display()
+        )),
+        "{stderr}"
+    );
     let lines = json_lines(&output);
     let warnings = image_object(&lines, &damaged)["warnings"]
         .as_array()
@@ -208,7 +221,7 @@ fn damaged_jpegs_are_segmented_with_a_warning() {
         image_object(&lines, &intact)["warnings"],
         Value::Array(vec![])
     );
-    assert_eq!(summary(&lines)["warned"], 1);
+    assert_eq!(summary(&lines)["warned"], 2);
     assert!(out.join("damaged.png").is_file());
 
     let human = segment()

@@ -14,8 +14,9 @@ use std::panic::{self, AssertUnwindSafe};
 
 use anyhow::{anyhow, bail, Result};
 use image::RgbImage;
+use mozjpeg::decompress::DecompressStarted;
 use mozjpeg::{ColorSpace, Decompress};
-use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
+use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JWRN_JPEG_EOF};
 
 use super::TooManyPixels;
 
@@ -38,9 +39,10 @@ pub(crate) fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, Ve
     WARNINGS.with_borrow_mut(Warnings::clear);
     // libjpeg reports fatal errors through `unwind_with_message`, which unwinds out of the C
     // code (without running the panic hook), so that is where they have to be caught. The
-    // closure owns all of libjpeg's state, which unwinding drops; only the flag outlives it, and
-    // it is only ever set.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| decode_with_libjpeg(source, max_pixels)));
+    // closure owns all of libjpeg's state, which unwinding drops; only the flag outlives it.
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        decode_with_libjpeg(source, &ran_out_of_data, max_pixels)
+    }));
     let warnings = WARNINGS.with_borrow_mut(Warnings::take);
     let decoded = outcome.unwrap_or_else(|payload| Err(anyhow!(panic_message(payload.as_ref()))));
     if !ran_out_of_data.get() {
@@ -57,7 +59,11 @@ pub(crate) fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, Ve
 
 const JPEG_SIGNATURE: [u8; 3] = [0xFF, 0xD8, 0xFF];
 
-fn decode_with_libjpeg(source: EndTrackingReader<'_>, max_pixels: u64) -> Result<RgbImage> {
+fn decode_with_libjpeg(
+    source: EndTrackingReader<'_>,
+    ran_out_of_data: &Cell<bool>,
+    max_pixels: u64,
+) -> Result<RgbImage> {
     // Builds the decoder and runs jpeg_read_header: the size below is the one libjpeg will
     // decode, however the markers before the frame are laid out.
     let header = Decompress::builder()
@@ -77,20 +83,38 @@ fn decode_with_libjpeg(source: EndTrackingReader<'_>, max_pixels: u64) -> Result
     // converted below; everything else goes through libjpeg's own conversion, which also expands
     // greyscale to three equal channels. libjpeg's other defaults (accurate integer IDCT, fancy
     // upsampling, block smoothing of incomplete progressive scans) are what OpenCV uses too.
-    if header.components().len() == 4 {
-        let mut decoder = header.to_colorspace(ColorSpace::JCS_CMYK)?;
-        let (width, height) = (decoder.width(), decoder.height());
-        let cmyk: Vec<[u8; 4]> = decoder.read_scanlines()?;
-        let rgb = cmyk.into_iter().flat_map(cmyk_to_rgb).collect();
-        rgb_image(width, height, rgb)
+    let cmyk = header.components().len() == 4;
+    let colorspace = if cmyk {
+        ColorSpace::JCS_CMYK
     } else {
-        let mut decoder = header.to_colorspace(ColorSpace::JCS_EXT_RGB)?;
-        let (width, height) = (decoder.width(), decoder.height());
-        let rgb: Vec<u8> = decoder.read_scanlines()?;
-        rgb_image(width, height, rgb)
-    }
-    // jpeg_finish_decompress is deliberately not called: OpenCV ignores whatever follows the last
-    // row (trailing garbage, a second image), and dropping the decoder frees libjpeg's state.
+        ColorSpace::JCS_EXT_RGB
+    };
+    let mut decoder = header.to_colorspace(colorspace)?;
+    let (width, height) = (decoder.width(), decoder.height());
+    let rgb = if cmyk {
+        let cmyk: Vec<[u8; 4]> = decoder.read_scanlines()?;
+        cmyk.into_iter().flat_map(cmyk_to_rgb).collect()
+    } else {
+        decoder.read_scanlines()?
+    };
+    let image = rgb_image(width, height, rgb)?;
+    finish_like_opencv(decoder, ran_out_of_data);
+    Ok(image)
+}
+
+/// Like OpenCV, reads on to the end-of-image marker once every row is decoded: that is where
+/// libjpeg finds scan data the rows did not use, the trace of flipped bytes, and warns about it.
+/// Nothing found there changes the image, and OpenCV ignores how this step ends (an error, or
+/// data that stops before the end-of-image marker), so this does too; it stops at that marker,
+/// so trailing garbage or a second image after it are never read.
+fn finish_like_opencv(
+    decoder: DecompressStarted<EndTrackingReader<'_>>,
+    ran_out_of_data: &Cell<bool>,
+) {
+    let truncated_before = ran_out_of_data.get();
+    // An error here unwinds out of libjpeg as anywhere else; the decoder is dropped with it.
+    let _ignored = panic::catch_unwind(AssertUnwindSafe(|| decoder.finish()));
+    ran_out_of_data.set(truncated_before);
 }
 
 /// The warnings of the decode running on this thread. libjpeg's callbacks get only its own
@@ -178,9 +202,13 @@ extern "C-unwind" fn unwind_with_message(cinfo: &mut jpeg_common_struct) {
 }
 
 /// libjpeg calls this with level -1 for a warning (data it could not make sense of but went
-/// past) and levels 0 and up for trace messages, which stay unseen.
+/// past) and levels 0 and up for trace messages, which stay unseen. "Premature end of JPEG
+/// file" is left out too: running out of data is judged by [`EndTrackingReader`] instead (an
+/// error before the last row, nothing after it).
 extern "C-unwind" fn collect_warning(cinfo: &mut jpeg_common_struct, level: c_int) {
-    if level < 0 {
+    // SAFETY: cinfo.err is the error manager libjpeg is calling back through.
+    let code = unsafe { cinfo.err.as_ref() }.map(|err| err.msg_code);
+    if level < 0 && code != Some(JWRN_JPEG_EOF as c_int) {
         let warning = libjpeg_message(cinfo);
         WARNINGS.with_borrow_mut(|warnings| warnings.add(warning));
     }
