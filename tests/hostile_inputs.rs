@@ -254,23 +254,30 @@ fn files_named_as_images_in_a_walked_folder_fail_when_they_are_not() {
     )
     .unwrap();
     std::fs::write(photos.join(".DS_Store"), b"\0\0\0\x01Bud1").unwrap();
+    let made = Command::new("mkfifo")
+        .arg(photos.join("stream.jpg"))
+        .status()
+        .unwrap();
+    assert!(made.success());
     let out = dir.path().join("masks");
 
     let output = segment()
         .arg(&photos)
         .arg("--out")
         .arg(&out)
+        .timeout(Duration::from_secs(60))
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     error_line_for(&stderr, &photos.join("photo.jpg"), "empty (0 bytes)");
     error_line_for(&stderr, &photos.join("notes.PNG"), "not an image");
+    error_line_for(&stderr, &photos.join("stream.jpg"), "a named pipe (FIFO)");
     assert!(
         !stderr.contains("README") && !stderr.contains("DS_Store"),
         "{stderr}"
     );
-    assert!(stderr.contains("1 ok, 0 skipped, 2 failed"), "{stderr}");
+    assert!(stderr.contains("1 ok, 0 skipped, 3 failed"), "{stderr}");
     assert_eq!(outputs_in(&out), [out.join("good.png")]);
 }
 

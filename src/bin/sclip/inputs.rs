@@ -57,7 +57,8 @@ pub struct WalkOptions<'a> {
 /// A folder is walked, recursively only with `options.recursive`, and keeps the files whose
 /// content is an image ([`is_image_file`]) or whose extension is that of a decoded format
 /// ([`has_image_extension`]), so that a damaged or empty photo is reported rather than silently
-/// left out; its images' relative paths start below it. Entries
+/// left out (a named pipe or device named as an image too, which loading refuses without
+/// waiting on it); its images' relative paths start below it. Entries
 /// whose names start with `.` are skipped, which also skips sclip's own temporary files.
 /// Symlinks to files are followed; symlinks to folders are not, so a walk can never loop.
 /// Anything that cannot be read is reported in [`Discovery::problems`] and the walk goes on.
@@ -149,6 +150,14 @@ impl Walk {
                     Ok(false) => {}
                     Err(error) => self.problem(&path, error.to_string()),
                 },
+                // Never opened here; named as an image, it is taken so that loading it says what
+                // it is instead of leaving it out without a word.
+                Ok(EntryKind::Other) if has_image_extension(&path) => {
+                    self.found.inputs.push(Input {
+                        path,
+                        relative: relative.join(name),
+                    });
+                }
                 Ok(EntryKind::Other) => {}
                 Err(error) => self.problem(&path, error.to_string()),
             }
@@ -525,17 +534,27 @@ mod tests {
                 ("png", b"no extension, only a name"),
             ],
         );
+        #[cfg(unix)]
+        for fifo in ["stream.jpg", "stream"] {
+            let made = std::process::Command::new("mkfifo")
+                .arg(dir.path().join(fifo))
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
         let found = walk(dir.path(), false, None);
-        assert_eq!(
-            relatives(&found),
-            [
-                "SHOUT.TIFF",
-                "empty.png",
-                "notes.jpg",
-                "photo.jpeg",
-                "scan.dat"
-            ]
-        );
+        let mut expected = vec![
+            "SHOUT.TIFF",
+            "empty.png",
+            "notes.jpg",
+            "photo.jpeg",
+            "scan.dat",
+        ];
+        if cfg!(unix) {
+            // A named pipe is never opened by the walk: taken by its name alone.
+            expected.push("stream.jpg");
+        }
+        assert_eq!(relatives(&found), expected);
         assert!(found.problems.is_empty());
     }
 
