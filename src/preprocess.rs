@@ -892,35 +892,26 @@ mod tests {
         let intact = decode_image(&jpeg, DEFAULT_MAX_PIXELS).unwrap();
         assert!(intact.warnings.is_empty(), "{:?}", intact.warnings);
 
+        let assert_decoded_with_a_corruption_warning = |damaged: &[u8]| {
+            let decoded = decode_image(damaged, DEFAULT_MAX_PIXELS).unwrap();
+            assert_eq!(decoded.image.dimensions(), (64, 48));
+            let warned = decoded
+                .warnings
+                .iter()
+                .any(|w| w.contains("Corrupt JPEG data"));
+            assert!(warned, "{:?}", decoded.warnings);
+        };
         // Cut inside the scan and closed with an end-of-image marker, as a copy that stopped
         // early and was "repaired" can be.
         let mut cut = jpeg[..jpeg.len() * 2 / 3].to_vec();
         cut.extend_from_slice(&[0xFF, 0xD9]);
-        let decoded = decode_image(&cut, DEFAULT_MAX_PIXELS).unwrap();
-        assert_eq!(decoded.image.dimensions(), (64, 48));
-        assert!(
-            decoded
-                .warnings
-                .iter()
-                .any(|w| w.contains("Corrupt JPEG data")),
-            "{:?}",
-            decoded.warnings
-        );
-
+        assert_decoded_with_a_corruption_warning(&cut);
         // Flipped bits in the scan: the rows use up less of it than there is, which libjpeg
         // finds on its way to the end-of-image marker.
         let mut flipped = jpeg.clone();
         let scan = marker_position(&jpeg, 0xDA);
         flipped[(scan + jpeg.len()) / 2] ^= 0x55;
-        let decoded = decode_image(&flipped, DEFAULT_MAX_PIXELS).unwrap();
-        assert!(
-            decoded
-                .warnings
-                .iter()
-                .any(|w| w.contains("Corrupt JPEG data")),
-            "{:?}",
-            decoded.warnings
-        );
+        assert_decoded_with_a_corruption_warning(&flipped);
 
         // Junk between two segments: libjpeg skips it and says so.
         let mut junk = jpeg.clone();
