@@ -86,7 +86,8 @@ impl<'m> Segmenter<'m> {
             bail!(
                 "the image is too thin to segment: {width}x{height} resizes to \
                  {resized_w}x{resized_h}, whose short side is under the model's {patch}-pixel \
-                 patch; crop it into pieces at most {longest_ratio} times as long as wide"
+                 patch; crop it into pieces whose long side is at most {longest_ratio} times \
+                 the short one"
             );
         }
         let resized = resize_linear_opencv(image, resized_w, resized_h);
@@ -223,7 +224,7 @@ mod tests {
         assert!(
             message.contains("10x100000 resizes to 1x2048")
                 && message.contains("16-pixel patch")
-                && message.contains("at most 128 times as long as wide"),
+                && message.contains("whose long side is at most 128 times the short one"),
             "{message}"
         );
         assert!(segmenter.segment(&thin).is_err());
