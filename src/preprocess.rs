@@ -217,10 +217,11 @@ fn read_image_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Opening a named pipe waits for a writer; non-blocking, it returns at once, and the type check
-/// after it refuses the pipe. Regular files ignore the flag.
+/// Opens a file for reading without waiting: opening a named pipe normally waits for a writer,
+/// which would stall a batch; non-blocking, it returns at once, and a check of the type after it
+/// can refuse the pipe. Regular files ignore the flag.
 #[cfg(unix)]
-fn open_without_blocking(path: &Path) -> std::io::Result<File> {
+pub fn open_without_blocking(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     File::options()
         .read(true)
@@ -229,7 +230,7 @@ fn open_without_blocking(path: &Path) -> std::io::Result<File> {
 }
 
 #[cfg(not(unix))]
-fn open_without_blocking(path: &Path) -> std::io::Result<File> {
+pub fn open_without_blocking(path: &Path) -> std::io::Result<File> {
     File::open(path)
 }
 

@@ -237,7 +237,8 @@ fn has_image_extension(path: &Path) -> bool {
 /// Whether the file starts like an image in a format sclip decodes, whatever its extension.
 pub fn is_image_file(path: &Path) -> io::Result<bool> {
     let mut head = Vec::new();
-    fs::File::open(path)?
+    // The entry was a regular file when listed, but may be a named pipe by now.
+    sclip::preprocess::open_without_blocking(path)?
         .take(SNIFF_LENGTH)
         .read_to_end(&mut head)?;
     Ok(is_image_header(&head))
@@ -556,6 +557,20 @@ mod tests {
         }
         assert_eq!(relatives(&found), expected);
         assert!(found.problems.is_empty());
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn sniffing_a_named_pipe_does_not_wait_for_a_writer() {
+        // What a file listed by the walk can have become by the time it is sniffed.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("photo.dat");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(!is_image_file(&fifo).unwrap());
     }
 
     #[test]
