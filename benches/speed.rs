@@ -304,7 +304,7 @@ fn vision_bench(label: &str, segmenter: &Segmenter, config: &ClipConfig) -> Resu
     let image = RgbImage::from_fn(448, 336, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
     });
-    let prepared = segmenter.prepare(&image);
+    let prepared = segmenter.prepare(&image)?;
     let grid = segmenter.settings().window / config.vision.patch_size;
     let flops = window_flops(&config.vision, config.projection_dim, grid);
     let gemm = GemmProbe::new()?;
@@ -348,12 +348,12 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn image_bench(segmenter: &Segmenter, label: &str, path: &Path, scratch: &Path) -> Result<()> {
     println!("\n{label} photo ({}):", path.display());
     let decode = median_seconds(5, || {
-        let photo = load_image(path, DEFAULT_MAX_PIXELS)?;
-        segmenter.prepare(&photo);
+        let photo = load_image(path, DEFAULT_MAX_PIXELS)?.image;
+        segmenter.prepare(&photo)?;
         Ok(())
     })?;
-    let photo = load_image(path, DEFAULT_MAX_PIXELS)?;
-    let prepared = segmenter.prepare(&photo);
+    let photo = load_image(path, DEFAULT_MAX_PIXELS)?.image;
+    let prepared = segmenter.prepare(&photo)?;
     let crops: Vec<WindowCrop> = prepared
         .windows
         .iter()
@@ -385,7 +385,7 @@ fn image_bench(segmenter: &Segmenter, label: &str, path: &Path, scratch: &Path) 
         stage_label_png(&mask, &segmentation.labels, width, height)?.commit()
     })?;
     let end_to_end = median_seconds(3, || {
-        let photo = load_image(path, DEFAULT_MAX_PIXELS)?;
+        let photo = load_image(path, DEFAULT_MAX_PIXELS)?.image;
         let segmentation = segmenter.segment(&photo)?;
         stage_label_png(&mask, &segmentation.labels, width, height)?.commit()
     })?;

@@ -13,7 +13,9 @@ use anyhow::{bail, Context, Result};
 
 use sclip::output::stage_label_png;
 use sclip::preprocess::decode_image;
-use sclip::{ClassList, DType, Device, Model, QueryEncoder, Segmenter, Settings};
+use sclip::{
+    ClassList, DType, Device, Model, QueryEncoder, Segmenter, Settings, DEFAULT_MAX_PIXELS,
+};
 
 fn main() -> ExitCode {
     match run() {
@@ -43,8 +45,12 @@ fn run() -> Result<()> {
 
     // Any RgbImage will do; this one is decoded from a file's bytes.
     let bytes = std::fs::read(image).with_context(|| format!("cannot read {image}"))?;
-    let photo = decode_image(&bytes).with_context(|| format!("cannot decode {image}"))?;
-    let segmentation = segmenter.segment(&photo)?;
+    let decoded = decode_image(&bytes, DEFAULT_MAX_PIXELS)
+        .with_context(|| format!("cannot decode {image}"))?;
+    for warning in &decoded.warnings {
+        eprintln!("segment: warning: {image}: {warning}");
+    }
+    let segmentation = segmenter.segment(&decoded.image)?;
 
     let (width, height) = (segmentation.width as u32, segmentation.height as u32);
     stage_label_png(out.as_ref(), &segmentation.labels, width, height)?.commit()?;

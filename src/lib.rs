@@ -17,7 +17,7 @@
 //! let queries = QueryEncoder::new(&model, None).encode(&classes)?;
 //! let segmenter = Segmenter::new(&model, queries, Settings::default())?;
 //! let photo = sclip::preprocess::load_image("photo.jpg".as_ref(), sclip::DEFAULT_MAX_PIXELS)?;
-//! let segmentation = segmenter.segment(&photo)?;
+//! let segmentation = segmenter.segment(&photo.image)?;
 //! for (class, fraction) in segmentation.present_classes() {
 //!     println!("{} {:.1}%", classes.display_name(class), 100.0 * fraction);
 //! }

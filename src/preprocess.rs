@@ -2,12 +2,13 @@
 //! OpenCV `imdecode(IMREAD_COLOR)` (then BGR -> RGB), mmcv's keep-ratio rescale with
 //! `cv2.resize(INTER_LINEAR)`, and mmseg's per-channel normalisation.
 
-use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{Cursor, Read};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 mod jpeg;
 
@@ -25,21 +26,43 @@ const PIXEL_STD: [f32; 3] = [68.501, 66.632, 70.323];
 /// OpenCV's INTER_LINEAR for 8-bit images weighs taps with 11-bit fixed-point coefficients.
 const COEF_SCALE: f32 = 2048.0;
 
+/// A decoded image and what the decoder warned about on the way: damage it decoded past (a JPEG
+/// cut short and closed, flipped bytes), which OpenCV decodes too, but whose pixels may be grey
+/// or smeared where the data was bad.
+#[derive(Debug, Clone)]
+pub struct DecodedImage {
+    pub image: RgbImage,
+    pub warnings: Vec<String>,
+}
+
 /// Decode bytes: any format the image crate decodes (JPEG incl. CMYK, PNG 8/16-bit, grey, palette, alpha, WebP, BMP, TIFF, GIF first frame).
 /// EXIF orientation applied; alpha dropped (not composited); grey/palette expanded to RGB; 16-bit reduced to high byte (v >> 8); CMYK converted as OpenCV does.
 ///
 /// JPEG goes through libjpeg-turbo (the `jpeg` module), as in OpenCV. GIF is the one exception
 /// to "alpha dropped": like OpenCV, transparent pixels take the GIF's background colour.
-pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
+///
+/// An image whose header declares more than `max_pixels` pixels is refused with
+/// [`TooManyPixels`] before any pixel is decoded (a decompression bomb), and the decoder's
+/// allocations are bounded by what that many pixels can need, should a header lie.
+pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
     let format = image::guess_format(bytes)
         .context("not an image in a recognised format (unknown signature)")?;
-    let (mut decoded, orientation) = if format == ImageFormat::Jpeg {
-        let rgb = jpeg::decode_jpeg(bytes)?;
-        (DynamicImage::ImageRgb8(rgb), jpeg_exif_orientation(bytes))
+    let (mut decoded, orientation, warnings) = if format == ImageFormat::Jpeg {
+        let (rgb, warnings) = jpeg::decode_jpeg(bytes, max_pixels)?;
+        (
+            DynamicImage::ImageRgb8(rgb),
+            jpeg_exif_orientation(bytes),
+            warnings,
+        )
     } else {
-        let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+        reader.limits(decoder_limits(max_pixels));
+        let mut decoder = reader
             .into_decoder()
             .with_context(|| format!("cannot read the {format:?} header"))?;
+        // The size this decoder will allocate for, read by the decoder itself.
+        let (width, height) = decoder.dimensions();
+        TooManyPixels::check(width, height, max_pixels)?;
         let orientation = decoder
             .orientation()
             .with_context(|| format!("cannot read the {format:?} orientation metadata"))?;
@@ -51,15 +74,41 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
         (
             DynamicImage::ImageRgb8(to_rgb8_as_opencv(decoded)),
             orientation,
+            Vec::new(),
         )
     };
     decoded.apply_orientation(orientation);
-    Ok(decoded.into_rgb8())
+    Ok(DecodedImage {
+        image: decoded.into_rgb8(),
+        warnings,
+    })
+}
+
+/// The most bytes a decoded pixel takes in any layout the image crate decodes to (RGBA, 32-bit
+/// float samples).
+const MAX_DECODED_BYTES_PER_PIXEL: u64 = 16;
+
+/// Room for what an image file holds besides its pixels, and a decoder needs besides its output:
+/// metadata (EXIF, ICC profiles, thumbnails), tables, row buffers.
+const NON_PIXEL_BYTES: u64 = 64 << 20;
+
+/// The `image` crate's limits for an image of at most `max_pixels` pixels: its decoders stop
+/// before allocating more than such an image can need, whatever the header said. The size
+/// itself is checked by the caller against the decoder's own header read, so that it is refused
+/// as [`TooManyPixels`] rather than as a generic limit error.
+fn decoder_limits(max_pixels: u64) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(
+        max_pixels
+            .saturating_mul(MAX_DECODED_BYTES_PER_PIXEL)
+            .saturating_add(NON_PIXEL_BYTES),
+    );
+    limits
 }
 
 /// The orientation in a JPEG's EXIF (APP1) segment, found by walking the markers before the scan
-/// the way OpenCV's EXIF reader does, so that it works for every JPEG libjpeg decodes (the image
-/// crate's own JPEG reader refuses some, e.g. arithmetic-coded ones).
+/// as libjpeg does, so that it works for every JPEG libjpeg decodes (the image crate's own JPEG
+/// reader refuses some, e.g. arithmetic-coded ones).
 fn jpeg_exif_orientation(bytes: &[u8]) -> Orientation {
     const APP1: u8 = 0xE1;
     jpeg_header_segments(bytes)
@@ -70,22 +119,47 @@ fn jpeg_exif_orientation(bytes: &[u8]) -> Orientation {
         })
 }
 
-/// The (marker, payload) segments of a JPEG before its first scan, ending early where the data
-/// is cut short.
+/// The (marker, payload) segments of a JPEG before its first scan, found as libjpeg's
+/// `next_marker` finds them: bytes other than 0xFF between segments are skipped (libjpeg warns
+/// and goes on), and so are the 0xFF fill bytes a marker may be padded with. Ends early where the
+/// data is cut short or a length is impossible.
 fn jpeg_header_segments(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    const START_OF_IMAGE: u8 = 0xD8;
+    const END_OF_IMAGE: u8 = 0xD9;
     const START_OF_SCAN: u8 = 0xDA;
+    // Markers that stand alone, with no length or payload: TEM and RST0..RST7.
+    let stands_alone = |marker: u8| marker == 0x01 || (0xD0..=0xD7).contains(&marker);
     let mut position = 2;
-    std::iter::from_fn(move || {
-        let &[0xFF, marker, length_high, length_low] = bytes.get(position..position + 4)? else {
-            return None;
-        };
-        if marker == START_OF_SCAN {
-            return None;
+    std::iter::from_fn(move || loop {
+        position += bytes
+            .get(position..)?
+            .iter()
+            .position(|&byte| byte == 0xFF)?;
+        let fill = bytes[position..]
+            .iter()
+            .take_while(|&&byte| byte == 0xFF)
+            .count();
+        position += fill - 1;
+        let marker = *bytes.get(position + 1)?;
+        match marker {
+            // FF 00 is an escaped data byte, not a marker: more junk to skip.
+            0x00 => position += 2,
+            marker if stands_alone(marker) => position += 2,
+            START_OF_IMAGE | END_OF_IMAGE | START_OF_SCAN => return None,
+            _ => {
+                let &[high, low] = bytes.get(position + 2..position + 4)? else {
+                    return None;
+                };
+                // The length counts its own two bytes; libjpeg stops at a smaller one.
+                let length = usize::from(u16::from_be_bytes([high, low]));
+                if length < 2 {
+                    return None;
+                }
+                let payload = bytes.get(position + 4..position + 2 + length)?;
+                position += 2 + length;
+                return Some((marker, payload));
+            }
         }
-        let length = usize::from(u16::from_be_bytes([length_high, length_low]));
-        let payload = bytes.get(position + 4..position + 2 + length)?;
-        position += 2 + length;
-        Some((marker, payload))
     })
 }
 
@@ -93,39 +167,120 @@ fn jpeg_header_segments(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
 /// so that a small file claiming a huge size (a decompression bomb) cannot exhaust memory.
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
-/// Reads and decodes an image file with [`decode_image`], refusing files whose header declares
-/// more than `max_pixels` pixels before any pixel is decoded.
-pub fn load_image(path: &Path, max_pixels: u64) -> Result<RgbImage> {
-    let bytes = std::fs::read(path)
+/// The most bytes a file's pixels take uncompressed in the common formats (16-bit RGBA).
+const MAX_FILE_BYTES_PER_PIXEL: u64 = 8;
+
+/// The largest image file [`load_image`] reads for a pixel limit: an uncompressed 16-bit RGBA
+/// image of `max_pixels` pixels (8 bytes a pixel) plus 64 MiB of metadata. Anything larger is
+/// refused before it is read, so that a huge file cannot exhaust memory.
+pub fn max_file_bytes(max_pixels: u64) -> u64 {
+    max_pixels
+        .saturating_mul(MAX_FILE_BYTES_PER_PIXEL)
+        .saturating_add(NON_PIXEL_BYTES)
+}
+
+/// Reads and decodes an image file with [`decode_image`]. Only a regular file is read (a folder,
+/// a named pipe or a device is refused without waiting on it), and only one of at most
+/// [`max_file_bytes`] bytes ([`FileTooLarge`] otherwise); a header that declares more than
+/// `max_pixels` pixels is refused before any pixel is decoded ([`TooManyPixels`]).
+pub fn load_image(path: &Path, max_pixels: u64) -> Result<DecodedImage> {
+    let bytes = read_image_file(path, max_file_bytes(max_pixels))
         .with_context(|| format!("cannot read image file {}", path.display()))?;
     if bytes.is_empty() {
         bail!("{} is empty (0 bytes)", path.display());
     }
-    if let Some((width, height)) = declared_size(&bytes) {
-        let pixels = u64::from(width) * u64::from(height);
-        if pixels > max_pixels {
-            return Err(TooManyPixels {
-                path: path.to_path_buf(),
-                width,
-                height,
-                limit: max_pixels,
-            }
-            .into());
-        }
+    decode_image(&bytes, max_pixels)
+        .with_context(|| format!("cannot decode image file {}", path.display()))
+}
+
+/// The content of a regular file of at most `limit` bytes. The type and size are those of the
+/// file opened, not of whatever the path names a moment later.
+fn read_image_file(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let file = open_without_blocking(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        bail!(
+            "it is {}, not an image file",
+            file_kind(&metadata.file_type())
+        );
     }
-    decode_image(&bytes).with_context(|| format!("cannot decode image file {}", path.display()))
+    let too_large = |size| FileTooLarge { size, limit };
+    if metadata.len() > limit {
+        return Err(too_large(metadata.len()).into());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    // The file may grow between the size check and the read.
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64).into());
+    }
+    Ok(bytes)
+}
+
+/// Opens a file for reading without waiting: opening a named pipe normally waits for a writer,
+/// which would stall a batch; non-blocking, it returns at once, and a check of the type after it
+/// can refuse the pipe. Regular files ignore the flag.
+#[cfg(unix)]
+pub fn open_without_blocking(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+pub fn open_without_blocking(path: &Path) -> std::io::Result<File> {
+    File::open(path)
+}
+
+#[cfg(unix)]
+fn file_kind(file_type: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "a folder"
+    } else if file_type.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(not(unix))]
+fn file_kind(file_type: &std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// An image whose header declares more pixels than the limit allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TooManyPixels {
-    pub path: PathBuf,
     pub width: u32,
     pub height: u32,
     pub limit: u64,
 }
 
 impl TooManyPixels {
+    fn check(width: u32, height: u32, limit: u64) -> Result<(), TooManyPixels> {
+        if u64::from(width) * u64::from(height) > limit {
+            return Err(TooManyPixels {
+                width,
+                height,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// The declared size and the limit, in megapixels.
     pub fn megapixels(&self) -> (f64, f64) {
         let pixels = u64::from(self.width) * u64::from(self.height);
@@ -138,41 +293,45 @@ impl std::fmt::Display for TooManyPixels {
         let (declared, limit) = self.megapixels();
         write!(
             f,
-            "{} declares {}x{} = {declared:.1} megapixels, over the limit of {limit:.1}; raise \
+            "it declares {}x{} = {declared:.1} megapixels, over the limit of {limit:.1}; raise \
              the limit if the image is genuine",
-            self.path.display(),
-            self.width,
-            self.height
+            self.width, self.height
         )
     }
 }
 
 impl std::error::Error for TooManyPixels {}
 
-/// The width and height an image's header declares, when it can be read without decoding;
-/// `None` leaves the verdict on a malformed header to the decoder.
-fn declared_size(bytes: &[u8]) -> Option<(u32, u32)> {
-    let format = image::guess_format(bytes).ok()?;
-    if format == ImageFormat::Jpeg {
-        return jpeg_declared_size(bytes);
-    }
-    ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
-        .ok()
+/// An image file larger than [`max_file_bytes`] allows for the pixel limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileTooLarge {
+    pub size: u64,
+    pub limit: u64,
 }
 
-/// The size in a JPEG's start-of-frame segment, found by walking the markers before it.
-fn jpeg_declared_size(bytes: &[u8]) -> Option<(u32, u32)> {
-    // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC), which share the range.
-    let is_start_of_frame =
-        |marker: u8| (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
-    let (_, frame) = jpeg_header_segments(bytes).find(|&(marker, _)| is_start_of_frame(marker))?;
-    // Sample precision, then height and width.
-    let size = frame.get(1..5)?;
-    let height = u16::from_be_bytes([size[0], size[1]]);
-    let width = u16::from_be_bytes([size[2], size[3]]);
-    Some((u32::from(width), u32::from(height)))
+impl FileTooLarge {
+    /// The smallest pixel limit under which this file would be read.
+    pub fn pixels_needed(&self) -> u64 {
+        self.size
+            .saturating_sub(NON_PIXEL_BYTES)
+            .div_ceil(MAX_FILE_BYTES_PER_PIXEL)
+    }
 }
+
+impl std::fmt::Display for FileTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the file is {} bytes, over the {}-byte limit for images within the pixel limit; \
+             raise the pixel limit to {} if the image is genuine",
+            self.size,
+            self.limit,
+            self.pixels_needed()
+        )
+    }
+}
+
+impl std::error::Error for FileTooLarge {}
 
 /// Reduces any decoded layout to 8-bit RGB with OpenCV's conventions, which differ from the
 /// image crate's own `to_rgb8`: alpha is dropped rather than kept or blended, and 16-bit samples
@@ -436,6 +595,10 @@ mod tests {
         })
     }
 
+    fn decode(bytes: &[u8]) -> Result<RgbImage> {
+        decode_image(bytes, DEFAULT_MAX_PIXELS).map(|decoded| decoded.image)
+    }
+
     fn encode(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut bytes = Cursor::new(Vec::new());
         image.write_to(&mut bytes, format).unwrap();
@@ -607,29 +770,29 @@ mod tests {
     #[test]
     fn decode_keeps_the_high_byte_of_16_bit_samples() {
         let rgb16 = image::ImageBuffer::from_pixel(2, 2, Rgb([0x12ff_u16, 0x80ff, 0x0080]));
-        let decoded = decode_image(&encode(DynamicImage::ImageRgb16(rgb16), ImageFormat::Png));
+        let decoded = decode(&encode(DynamicImage::ImageRgb16(rgb16), ImageFormat::Png));
         assert_eq!(decoded.unwrap().get_pixel(1, 1), &Rgb([0x12, 0x80, 0x00]));
 
         let grey16 = image::ImageBuffer::from_pixel(1, 1, Luma([0xfeff_u16]));
-        let decoded = decode_image(&encode(DynamicImage::ImageLuma16(grey16), ImageFormat::Png));
+        let decoded = decode(&encode(DynamicImage::ImageLuma16(grey16), ImageFormat::Png));
         assert_eq!(decoded.unwrap().get_pixel(0, 0), &Rgb([0xfe; 3]));
     }
 
     #[test]
     fn decode_drops_alpha_without_compositing() {
         let rgba = image::RgbaImage::from_pixel(2, 1, Rgba([200, 100, 50, 0]));
-        let decoded = decode_image(&encode(DynamicImage::ImageRgba8(rgba), ImageFormat::Png));
+        let decoded = decode(&encode(DynamicImage::ImageRgba8(rgba), ImageFormat::Png));
         assert_eq!(decoded.unwrap().as_raw(), &[200, 100, 50, 200, 100, 50]);
 
         let grey_alpha = image::GrayAlphaImage::from_pixel(1, 1, LumaA([77, 10]));
         let png = encode(DynamicImage::ImageLumaA8(grey_alpha), ImageFormat::Png);
-        assert_eq!(decode_image(&png).unwrap().as_raw(), &[77, 77, 77]);
+        assert_eq!(decode(&png).unwrap().as_raw(), &[77, 77, 77]);
     }
 
     #[test]
     fn decode_expands_grey_to_rgb() {
         let grey = image::GrayImage::from_raw(2, 1, vec![9, 250]).unwrap();
-        let decoded = decode_image(&encode(DynamicImage::ImageLuma8(grey), ImageFormat::Png));
+        let decoded = decode(&encode(DynamicImage::ImageLuma8(grey), ImageFormat::Png));
         assert_eq!(decoded.unwrap().as_raw(), &[9, 9, 9, 250, 250, 250]);
     }
 
@@ -660,15 +823,6 @@ mod tests {
     }
 
     #[test]
-    fn declared_sizes_are_read_from_headers_without_decoding() {
-        let jpeg = jpeg_with_orientation(&pattern(24, 16), Some(6));
-        assert_eq!(jpeg_declared_size(&jpeg), Some((24, 16)));
-        let png = encode(DynamicImage::ImageRgb8(pattern(7, 5)), ImageFormat::Png);
-        assert_eq!(declared_size(&png), Some((7, 5)));
-        assert_eq!(declared_size(b"not an image"), None);
-    }
-
-    #[test]
     fn images_over_the_pixel_limit_are_refused_before_decoding() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.png");
@@ -684,7 +838,10 @@ mod tests {
             (40, 30, 1199)
         );
         assert!(format!("{error:#}").contains("40x30"), "{error:#}");
-        assert_eq!(load_image(&path, 1200).unwrap().dimensions(), (40, 30));
+        assert_eq!(
+            load_image(&path, 1200).unwrap().image.dimensions(),
+            (40, 30)
+        );
 
         let empty = dir.path().join("empty.jpg");
         std::fs::write(&empty, b"").unwrap();
@@ -692,11 +849,130 @@ mod tests {
         assert!(message.contains("empty (0 bytes)"), "{message}");
     }
 
+    /// Where marker `marker` starts in a JPEG written by the image crate.
+    fn marker_position(jpeg: &[u8], marker: u8) -> usize {
+        jpeg.windows(2)
+            .position(|pair| pair == [0xFF, marker])
+            .unwrap_or_else(|| panic!("no marker {marker:02X}"))
+    }
+
+    #[test]
+    fn a_jpeg_frame_over_the_limit_is_refused_behind_fill_and_junk_bytes() {
+        const START_OF_FRAME: u8 = 0xC0;
+        let mut jpeg = jpeg_with_orientation(&pattern(24, 16), None);
+        let frame = marker_position(&jpeg, START_OF_FRAME);
+        // Height, then width, after the length and the sample precision: 240x160 claimed for
+        // a 24x16 scan, which libjpeg would decode as damaged data.
+        jpeg[frame + 5..frame + 9].copy_from_slice(&[0, 160, 0, 240]);
+        for padding in [&[0xFF][..], &[0xFF, 0xFF, 0xFF], &[0x00], &[0x12, 0xFF]] {
+            let mut padded = jpeg.clone();
+            padded.splice(frame..frame, padding.iter().copied());
+            let error = decode_image(&padded, 240 * 160 - 1).unwrap_err();
+            let refusal = error.downcast_ref::<TooManyPixels>().expect("typed");
+            assert_eq!((refusal.width, refusal.height), (240, 160), "{padding:?}");
+        }
+    }
+
+    #[test]
+    fn exif_orientation_is_found_behind_fill_and_junk_bytes() {
+        const APP1: u8 = 0xE1;
+        let src = pattern(24, 16);
+        let jpeg = jpeg_with_orientation(&src, Some(6));
+        let exif = marker_position(&jpeg, APP1);
+        for padding in [&[0xFF][..], &[0xFF, 0xFF], &[0x00, 0x00]] {
+            let mut padded = jpeg.clone();
+            padded.splice(exif..exif, padding.iter().copied());
+            let decoded = decode_image(&padded, DEFAULT_MAX_PIXELS).unwrap();
+            assert_eq!(decoded.image.dimensions(), (16, 24), "{padding:?}");
+        }
+    }
+
+    #[test]
+    fn damaged_jpeg_data_decodes_with_warnings() {
+        let jpeg = jpeg_with_orientation(&pattern(64, 48), None);
+        let intact = decode_image(&jpeg, DEFAULT_MAX_PIXELS).unwrap();
+        assert!(intact.warnings.is_empty(), "{:?}", intact.warnings);
+
+        let assert_decoded_with_a_corruption_warning = |damaged: &[u8]| {
+            let decoded = decode_image(damaged, DEFAULT_MAX_PIXELS).unwrap();
+            assert_eq!(decoded.image.dimensions(), (64, 48));
+            let warned = decoded
+                .warnings
+                .iter()
+                .any(|w| w.contains("Corrupt JPEG data"));
+            assert!(warned, "{:?}", decoded.warnings);
+        };
+        // Cut inside the scan and closed with an end-of-image marker, as a copy that stopped
+        // early and was "repaired" can be.
+        let mut cut = jpeg[..jpeg.len() * 2 / 3].to_vec();
+        cut.extend_from_slice(&[0xFF, 0xD9]);
+        assert_decoded_with_a_corruption_warning(&cut);
+        // Flipped bits in the scan: the rows use up less of it than there is, which libjpeg
+        // finds on its way to the end-of-image marker.
+        let mut flipped = jpeg.clone();
+        let scan = marker_position(&jpeg, 0xDA);
+        flipped[(scan + jpeg.len()) / 2] ^= 0x55;
+        assert_decoded_with_a_corruption_warning(&flipped);
+
+        // Junk between two segments: libjpeg skips it and says so.
+        let mut junk = jpeg.clone();
+        junk.splice(
+            marker_position(&jpeg, 0xC0)..marker_position(&jpeg, 0xC0),
+            [1, 2, 3],
+        );
+        let decoded = decode_image(&junk, DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(decoded.image, intact.image);
+        assert_eq!(
+            decoded.warnings,
+            ["Corrupt JPEG data: 3 extraneous bytes before marker 0xc0"]
+        );
+    }
+
+    #[test]
+    fn only_regular_files_within_the_size_bound_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = dir.path().join("sparse.png");
+        let file = File::create(&sparse).unwrap();
+        // Sparse: no disk space, and none of it is ever read.
+        file.set_len(max_file_bytes(1000) + 1).unwrap();
+        let error = load_image(&sparse, 1000).unwrap_err();
+        let refusal = error.downcast_ref::<FileTooLarge>().expect("typed");
+        assert_eq!(refusal.limit, 8000 + (64 << 20));
+        assert_eq!(refusal.pixels_needed(), 1001);
+        assert!(format!("{error:#}").contains("sparse.png"), "{error:#}");
+        assert!(load_image(&sparse, 1001)
+            .unwrap_err()
+            .downcast_ref::<FileTooLarge>()
+            .is_none());
+
+        let folder = format!("{:#}", load_image(dir.path(), 1000).unwrap_err());
+        assert!(
+            folder.contains("it is a folder, not an image file"),
+            "{folder}"
+        );
+        #[cfg(unix)]
+        {
+            let zero = format!(
+                "{:#}",
+                load_image(Path::new("/dev/zero"), 1000).unwrap_err()
+            );
+            assert!(zero.contains("a character device"), "{zero}");
+            let fifo = dir.path().join("pipe.jpg");
+            let status = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            let message = format!("{:#}", load_image(&fifo, 1000).unwrap_err());
+            assert!(message.contains("a named pipe (FIFO)"), "{message}");
+        }
+    }
+
     #[test]
     fn decode_applies_exif_orientation() {
         let src = pattern(24, 16);
-        let upright = decode_image(&jpeg_with_orientation(&src, None)).unwrap();
-        let rotated = |orientation| decode_image(&jpeg_with_orientation(&src, Some(orientation)));
+        let upright = decode(&jpeg_with_orientation(&src, None)).unwrap();
+        let rotated = |orientation| decode(&jpeg_with_orientation(&src, Some(orientation)));
         assert_eq!(rotated(3).unwrap(), image::imageops::rotate180(&upright));
         assert_eq!(rotated(6).unwrap(), image::imageops::rotate90(&upright));
         assert_eq!(rotated(8).unwrap(), image::imageops::rotate270(&upright));
@@ -712,13 +988,13 @@ mod tests {
             0x21, 0xf9, 4, 0x01, 0, 0, 0, 0, 0x2c, 0, 0, 0, 0, 2, 0, 1, 0, 0, 2, 2, 0x44, 0x0a, 0,
             0x3b,
         ];
-        let decoded = decode_image(&gif).unwrap();
+        let decoded = decode(&gif).unwrap();
         assert_eq!(decoded.as_raw(), &[200, 150, 100, 200, 150, 100]);
     }
 
     #[test]
     fn decode_rejects_unknown_bytes_and_load_names_the_path() {
-        assert!(decode_image(b"definitely not an image").is_err());
+        assert!(decode(b"definitely not an image").is_err());
         let missing = Path::new("/nonexistent/sclip-test-image.png");
         let message = format!("{:#}", load_image(missing, DEFAULT_MAX_PIXELS).unwrap_err());
         assert!(

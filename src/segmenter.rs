@@ -1,7 +1,7 @@
 //! One image through the whole method: resize, sliding windows through the vision tower,
 //! per-window logits against the class queries, then post-processing at the original size.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
 use crate::model::Model;
@@ -53,7 +53,7 @@ impl<'m> Segmenter<'m> {
 
     /// Segments one decoded image at its original size.
     pub fn segment(&self, image: &RgbImage) -> Result<Segmentation> {
-        let prepared = self.prepare(image);
+        let prepared = self.prepare(image)?;
         let mut canvas = self.canvas_for(&prepared);
         for batch in prepared.windows.chunks(self.settings.batch_size) {
             let crops: Vec<WindowCrop> = batch
@@ -72,14 +72,27 @@ impl<'m> Segmenter<'m> {
     }
 
     /// Resizes and normalises an image and lays out its windows: the CPU work that can run
-    /// on other threads while the vision tower is busy with earlier images.
-    pub fn prepare(&self, image: &RgbImage) -> PreparedImage {
+    /// on other threads while the vision tower is busy with earlier images. Fails for an image
+    /// too thin for the model: one whose short side, once resized, is under one patch.
+    pub fn prepare(&self, image: &RgbImage) -> Result<PreparedImage> {
         let (width, height) = image.dimensions();
-        let (resized_w, resized_h) =
-            rescaled_size(width, height, self.settings.short_side, MAX_LONG_SIDE);
+        let short_side = self.settings.short_side;
+        let (resized_w, resized_h) = rescaled_size(width, height, short_side, MAX_LONG_SIDE);
+        let patch = self.model.vision().patch_size();
+        if (resized_w.min(resized_h) as usize) < patch {
+            // Thin images are scaled to put their long side at this cap, so this is the longest
+            // side that keeps a patch across the short one.
+            let longest_ratio = short_side.max(MAX_LONG_SIDE) as usize / patch;
+            bail!(
+                "the image is too thin to segment: {width}x{height} resizes to \
+                 {resized_w}x{resized_h}, whose short side is under the model's {patch}-pixel \
+                 patch; crop it into pieces whose long side is at most {longest_ratio} times \
+                 the short one"
+            );
+        }
         let resized = resize_linear_opencv(image, resized_w, resized_h);
         let (resized_w, resized_h) = (resized_w as usize, resized_h as usize);
-        PreparedImage {
+        Ok(PreparedImage {
             width: width as usize,
             height: height as usize,
             resized_w,
@@ -91,7 +104,7 @@ impl<'m> Segmenter<'m> {
                 self.settings.window,
                 self.settings.stride,
             ),
-        }
+        })
     }
 
     /// An empty canvas to gather a prepared image's window logits on.
@@ -188,5 +201,36 @@ impl BatchLogits {
     pub fn per_window(&self) -> impl Iterator<Item = &[f32]> {
         self.data
             .chunks_exact(self.queries * self.grid_h * self.grid_w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classes::ClassList;
+    use crate::test_support::fixture_model;
+    use crate::text::queries::QueryEncoder;
+
+    #[test]
+    fn images_too_thin_for_one_patch_are_refused_before_the_model() {
+        let model = fixture_model(DType::F32);
+        let classes = ClassList::parse_inline("sky,wall").unwrap();
+        let queries = QueryEncoder::new(&model, None).encode(&classes).unwrap();
+        let segmenter = Segmenter::new(&model, queries, Settings::default()).unwrap();
+
+        // 10x100000 resizes to 1x2048 (the long side capped at 2048), under the 16-pixel patch.
+        let thin = RgbImage::new(10, 100_000);
+        let message = format!("{:#}", segmenter.prepare(&thin).err().expect("refused"));
+        assert!(
+            message.contains("10x100000 resizes to 1x2048")
+                && message.contains("16-pixel patch")
+                && message.contains("whose long side is at most 128 times the short one"),
+            "{message}"
+        );
+        assert!(segmenter.segment(&thin).is_err());
+
+        // 128:1 keeps a 16-pixel short side, which one patch covers.
+        let prepared = segmenter.prepare(&RgbImage::new(16 * 128, 16)).unwrap();
+        assert_eq!((prepared.resized_w, prepared.resized_h), (2048, 16));
     }
 }

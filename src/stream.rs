@@ -17,7 +17,7 @@ use anyhow::{anyhow, Context, Result};
 use rayon::prelude::*;
 
 use crate::postprocess::Segmentation;
-use crate::preprocess::{load_image, RgbImage};
+use crate::preprocess::{load_image, DecodedImage, RgbImage};
 use crate::segmenter::{PreparedImage, Segmenter, WindowCrop};
 use crate::slide::LogitCanvas;
 
@@ -30,14 +30,20 @@ pub trait ImageSource: Sync {
         self.len() == 0
     }
 
-    /// Image `index`, decoded; called from the decoding threads.
-    fn load(&self, index: usize) -> Result<RgbImage>;
+    /// Image `index`, decoded, with its decoder's warnings; called from the decoding threads.
+    fn load(&self, index: usize) -> Result<DecodedImage>;
+
+    /// How errors about image `index` name it.
+    fn name(&self, index: usize) -> String {
+        format!("image {index}")
+    }
 }
 
 /// Image files, read with [`load_image`].
 pub struct ImageFiles<P> {
     pub paths: Vec<P>,
-    /// Files whose header declares more pixels are refused before decoding.
+    /// Files whose header declares more pixels are refused before decoding, and files larger
+    /// than [`max_file_bytes`](crate::preprocess::max_file_bytes) of it before reading.
     pub max_pixels: u64,
 }
 
@@ -46,8 +52,12 @@ impl<P: AsRef<Path> + Sync> ImageSource for ImageFiles<P> {
         self.paths.len()
     }
 
-    fn load(&self, index: usize) -> Result<RgbImage> {
+    fn load(&self, index: usize) -> Result<DecodedImage> {
         load_image(self.paths[index].as_ref(), self.max_pixels)
+    }
+
+    fn name(&self, index: usize) -> String {
+        self.paths[index].as_ref().display().to_string()
     }
 }
 
@@ -67,6 +77,9 @@ pub struct ImageResult {
     pub segmentation: Segmentation,
     /// The decoded image, with [`StreamOptions::keep_images`].
     pub image: Option<RgbImage>,
+    /// What the decoder warned about: damaged data it decoded past, so the mask may be wrong
+    /// where the data was.
+    pub warnings: Vec<String>,
     /// When its decoding started (stages of other images overlap with it).
     pub started: Instant,
 }
@@ -111,6 +124,7 @@ pub fn run(
 struct Decoded {
     prepared: PreparedImage,
     image: Option<RgbImage>,
+    warnings: Vec<String>,
 }
 
 /// One image on its way through the pipeline: where it came from, when it started, and its data
@@ -140,9 +154,15 @@ fn decode_all(
                 .into_par_iter()
                 .map(|index| {
                     let started = Instant::now();
-                    let state = source.load(index).map(|image| Decoded {
-                        prepared: segmenter.prepare(&image),
-                        image: options.keep_images.then_some(image),
+                    let state = source.load(index).and_then(|decoded| {
+                        let prepared = segmenter
+                            .prepare(&decoded.image)
+                            .with_context(|| format!("cannot segment {}", source.name(index)))?;
+                        Ok(Decoded {
+                            prepared,
+                            image: options.keep_images.then_some(decoded.image),
+                            warnings: decoded.warnings,
+                        })
                     });
                     Tracked {
                         index,
@@ -343,6 +363,7 @@ fn finish_all(
         let result = image.state.map(|(decoded, canvas)| ImageResult {
             segmentation: segmenter.finish(canvas, &decoded.prepared),
             image: decoded.image,
+            warnings: decoded.warnings,
             started: image.started,
         });
         if sink(image.index, result) == Ending::Failed && options.fail_fast {

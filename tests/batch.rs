@@ -5,33 +5,14 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use serde_json::Value;
 
-use common::{fixture_model, fixtures, read_label_png, sclip, sclip_process};
-
-/// `sclip segment` with the fixture model and small windows, so that each image takes one or two.
-fn segment() -> Command {
-    let mut cmd = sclip();
-    cmd.arg("segment")
-        .arg("--model")
-        .arg(fixture_model())
-        .args(["--classes", "person,sky|space,wall"])
-        .args(["--short-side", "112", "--window", "112", "--stride", "56"]);
-    cmd
-}
-
-fn fixture_image(name: &str) -> PathBuf {
-    fixtures().join("images").join(name)
-}
-
-fn copy_fixture(name: &str, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    std::fs::copy(fixture_image(name), to).unwrap();
-}
+use common::{
+    copy_fixture, fixture_image, fixture_model, json_lines, read_label_png, sclip, sclip_process,
+    segment, summary,
+};
 
 /// Every file under `dir`, relative to it, as `/`-separated strings.
 fn files_under(dir: &Path) -> BTreeSet<String> {
@@ -49,20 +30,6 @@ fn files_under(dir: &Path) -> BTreeSet<String> {
         }
     }
     found
-}
-
-fn json_lines(output: &Output) -> Vec<Value> {
-    String::from_utf8(output.stdout.clone())
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
-}
-
-fn summary(lines: &[Value]) -> &Value {
-    let last = lines.last().expect("a summary line");
-    assert_eq!(last["type"], "summary", "{last}");
-    last
 }
 
 fn image_paths(lines: &[Value], status: &str) -> BTreeSet<String> {
@@ -88,7 +55,7 @@ fn photo_tree() -> tempfile::TempDir {
     copy_fixture("small_window.png", &photos.join("trip/day1/beach.png"));
     copy_fixture("chelsea_grey.png", &photos.join("trip/cat.data"));
     copy_fixture("coffee.png", &photos.join(".hidden.png"));
-    std::fs::write(photos.join("trip/notes.jpg"), b"not an image at all").unwrap();
+    std::fs::write(photos.join("trip/notes.txt"), b"not an image at all").unwrap();
     dir
 }
 

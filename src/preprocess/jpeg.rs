@@ -7,17 +7,25 @@
 //! is libjpeg-turbo's, so running it with the same settings gives the same bytes.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, Read};
+use std::os::raw::c_int;
 use std::panic::{self, AssertUnwindSafe};
 
 use anyhow::{anyhow, bail, Result};
 use image::RgbImage;
+use mozjpeg::decompress::DecompressStarted;
 use mozjpeg::{ColorSpace, Decompress};
+use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JWRN_JPEG_EOF};
 
-/// Decodes a JPEG to 8-bit RGB exactly as OpenCV's imdecode(IMREAD_COLOR) does before any EXIF rotation
-/// (the caller applies the orientation). Errors say what is wrong with the data (truncated, not a JPEG, ...).
-pub(crate) fn decode_jpeg(bytes: &[u8]) -> anyhow::Result<image::RgbImage> {
+use super::TooManyPixels;
+
+/// Decodes a JPEG to 8-bit RGB exactly as OpenCV's imdecode(IMREAD_COLOR) does before any EXIF
+/// rotation (the caller applies the orientation), with the warnings libjpeg gave on the way
+/// (damaged data that it decoded anyway, as OpenCV does). Errors say what is wrong with the data
+/// (truncated, not a JPEG, ...); a frame of more than `max_pixels` is refused as
+/// [`TooManyPixels`] once libjpeg has read the header, before any pixel is decoded.
+pub(crate) fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<(RgbImage, Vec<String>)> {
     // imdecode only hands data that starts with this signature to its JPEG decoder; libjpeg itself
     // would accept any FF D8 and skip junk up to the next marker.
     if !bytes.starts_with(&JPEG_SIGNATURE) {
@@ -28,13 +36,17 @@ pub(crate) fn decode_jpeg(bytes: &[u8]) -> anyhow::Result<image::RgbImage> {
         remaining: bytes,
         ran_out_of_data: &ran_out_of_data,
     };
-    // The mozjpeg wrapper reports libjpeg's fatal errors by unwinding out of the C code (without
-    // running the panic hook), so that is where they have to be caught. The closure owns all of
-    // libjpeg's state, which unwinding drops; only the flag outlives it, and it is only ever set.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| decode_with_libjpeg(source)));
+    WARNINGS.with_borrow_mut(Warnings::clear);
+    // libjpeg reports fatal errors through `unwind_with_message`, which unwinds out of the C
+    // code (without running the panic hook), so that is where they have to be caught. The
+    // closure owns all of libjpeg's state, which unwinding drops; only the flag outlives it.
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        decode_with_libjpeg(source, &ran_out_of_data, max_pixels)
+    }));
+    let warnings = WARNINGS.with_borrow_mut(Warnings::take);
     let decoded = outcome.unwrap_or_else(|payload| Err(anyhow!(panic_message(payload.as_ref()))));
     if !ran_out_of_data.get() {
-        return decoded;
+        return decoded.map(|image| (image, warnings));
     }
     // libjpeg (as mozjpeg's reader sets it up) pads a truncated stream with grey and carries on,
     // but OpenCV's in-memory source suspends at the end of the data, and imdecode then returns no
@@ -47,26 +59,159 @@ pub(crate) fn decode_jpeg(bytes: &[u8]) -> anyhow::Result<image::RgbImage> {
 
 const JPEG_SIGNATURE: [u8; 3] = [0xFF, 0xD8, 0xFF];
 
-fn decode_with_libjpeg(source: EndTrackingReader<'_>) -> Result<RgbImage> {
-    let header = Decompress::builder().from_reader(source)?;
+fn decode_with_libjpeg(
+    source: EndTrackingReader<'_>,
+    ran_out_of_data: &Cell<bool>,
+    max_pixels: u64,
+) -> Result<RgbImage> {
+    // Builds the decoder and runs jpeg_read_header: the size below is the one libjpeg will
+    // decode, however the markers before the frame are laid out.
+    let header = Decompress::builder()
+        .with_err(warning_collecting_error_manager())
+        .from_reader(source)?;
+    let (width, height) = header.size();
+    let pixels = (width as u64).saturating_mul(height as u64);
+    if pixels > max_pixels {
+        return Err(TooManyPixels {
+            width: u32::try_from(width).unwrap_or(u32::MAX),
+            height: u32::try_from(height).unwrap_or(u32::MAX),
+            limit: max_pixels,
+        }
+        .into());
+    }
     // Like OpenCV: every 4-component JPEG (CMYK, or YCCK with an Adobe marker) is read as CMYK and
     // converted below; everything else goes through libjpeg's own conversion, which also expands
     // greyscale to three equal channels. libjpeg's other defaults (accurate integer IDCT, fancy
     // upsampling, block smoothing of incomplete progressive scans) are what OpenCV uses too.
-    if header.components().len() == 4 {
-        let mut decoder = header.to_colorspace(ColorSpace::JCS_CMYK)?;
-        let (width, height) = (decoder.width(), decoder.height());
-        let cmyk: Vec<[u8; 4]> = decoder.read_scanlines()?;
-        let rgb = cmyk.into_iter().flat_map(cmyk_to_rgb).collect();
-        rgb_image(width, height, rgb)
+    let cmyk = header.components().len() == 4;
+    let colorspace = if cmyk {
+        ColorSpace::JCS_CMYK
     } else {
-        let mut decoder = header.to_colorspace(ColorSpace::JCS_EXT_RGB)?;
-        let (width, height) = (decoder.width(), decoder.height());
-        let rgb: Vec<u8> = decoder.read_scanlines()?;
-        rgb_image(width, height, rgb)
+        ColorSpace::JCS_EXT_RGB
+    };
+    let mut decoder = header.to_colorspace(colorspace)?;
+    let (width, height) = (decoder.width(), decoder.height());
+    let rgb = if cmyk {
+        let cmyk: Vec<[u8; 4]> = decoder.read_scanlines()?;
+        cmyk.into_iter().flat_map(cmyk_to_rgb).collect()
+    } else {
+        decoder.read_scanlines()?
+    };
+    let image = rgb_image(width, height, rgb)?;
+    finish_like_opencv(decoder, ran_out_of_data);
+    Ok(image)
+}
+
+/// Like OpenCV, reads on to the end-of-image marker once every row is decoded: that is where
+/// libjpeg finds scan data the rows did not use, the trace of flipped bytes, and warns about it.
+/// Nothing found there changes the image, and OpenCV ignores how this step ends (an error, or
+/// data that stops before the end-of-image marker), so this does too; it stops at that marker,
+/// so trailing garbage or a second image after it are never read.
+fn finish_like_opencv(
+    decoder: DecompressStarted<EndTrackingReader<'_>>,
+    ran_out_of_data: &Cell<bool>,
+) {
+    let truncated_before = ran_out_of_data.get();
+    // An error here unwinds out of libjpeg as anywhere else; the decoder is dropped with it.
+    let _ignored = panic::catch_unwind(AssertUnwindSafe(|| decoder.finish()));
+    ran_out_of_data.set(truncated_before);
+}
+
+/// The warnings of the decode running on this thread. libjpeg's callbacks get only its own
+/// state, and the mozjpeg wrapper keeps the error manager out of reach, so they land here; a
+/// decode runs on one thread from start to end.
+struct Warnings {
+    kept: Vec<String>,
+    /// Past [`MAX_WARNINGS`]: a damaged scan can warn at every restart marker.
+    more: usize,
+}
+
+const MAX_WARNINGS: usize = 4;
+
+impl Warnings {
+    fn clear(&mut self) {
+        self.kept.clear();
+        self.more = 0;
     }
-    // jpeg_finish_decompress is deliberately not called: OpenCV ignores whatever follows the last
-    // row (trailing garbage, a second image), and dropping the decoder frees libjpeg's state.
+
+    fn add(&mut self, warning: String) {
+        if self.kept.contains(&warning) {
+            return;
+        }
+        if self.kept.len() < MAX_WARNINGS {
+            self.kept.push(warning);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn take(&mut self) -> Vec<String> {
+        let mut warnings = std::mem::take(&mut self.kept);
+        if self.more > 0 {
+            warnings.push(format!("and {} other libjpeg warnings", self.more));
+        }
+        self.more = 0;
+        warnings
+    }
+}
+
+thread_local! {
+    static WARNINGS: RefCell<Warnings> = const {
+        RefCell::new(Warnings { kept: Vec::new(), more: 0 })
+    };
+}
+
+/// libjpeg's standard error manager with two changes: a fatal error unwinds (as the mozjpeg
+/// wrapper's own does), and warnings are collected instead of printed to stderr.
+fn warning_collecting_error_manager() -> jpeg_error_mgr {
+    // SAFETY: jpeg_std_error fills in every field of the zeroed struct.
+    let mut manager = unsafe {
+        let mut manager: jpeg_error_mgr = std::mem::zeroed();
+        jpeg_std_error(&mut manager);
+        manager
+    };
+    manager.error_exit = Some(unwind_with_message);
+    manager.emit_message = Some(collect_warning);
+    manager
+}
+
+/// libjpeg's text for the message it is reporting, such as "Corrupt JPEG data: premature end of
+/// data segment".
+fn libjpeg_message(cinfo: &mut jpeg_common_struct) -> String {
+    // SAFETY: cinfo.err is the error manager libjpeg is calling back through, and its
+    // format_message writes at most JMSG_LENGTH_MAX (80) bytes, NUL included, into the buffer.
+    // The binding declares the buffer `&[u8; 80]`, but C writes to it, hence the cast to `&mut`.
+    unsafe {
+        let Some(format_message) = cinfo.err.as_ref().and_then(|err| err.format_message) else {
+            return "libjpeg gave no message".to_owned();
+        };
+        let format_message = std::mem::transmute::<
+            unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &[u8; 80]),
+            unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &mut [u8; 80]),
+        >(format_message);
+        let mut buffer = [0u8; 80];
+        format_message(cinfo, &mut buffer);
+        let text = buffer.split(|&byte| byte == 0).next().unwrap_or_default();
+        String::from_utf8_lossy(text).into_owned()
+    }
+}
+
+extern "C-unwind" fn unwind_with_message(cinfo: &mut jpeg_common_struct) {
+    // Caught in decode_jpeg; resume_unwind skips the panic hook, so nothing is printed.
+    panic::resume_unwind(Box::new(libjpeg_message(cinfo)));
+}
+
+/// libjpeg calls this with level -1 for a warning (data it could not make sense of but went
+/// past) and levels 0 and up for trace messages, which stay unseen. "Premature end of JPEG
+/// file" is left out too: running out of data is judged by [`EndTrackingReader`] instead (an
+/// error before the last row, nothing after it).
+extern "C-unwind" fn collect_warning(cinfo: &mut jpeg_common_struct, level: c_int) {
+    // SAFETY: cinfo.err is the error manager libjpeg is calling back through.
+    let code = unsafe { cinfo.err.as_ref() }.map(|err| err.msg_code);
+    if level < 0 && code != Some(JWRN_JPEG_EOF as c_int) {
+        let warning = libjpeg_message(cinfo);
+        WARNINGS.with_borrow_mut(|warnings| warnings.add(warning));
+    }
 }
 
 /// OpenCV's `icvCvt_CMYK2BGR_8u_C4C3R`, reordered to RGB. libjpeg hands over the samples as
@@ -87,15 +232,11 @@ fn rgb_image(width: usize, height: usize, rgb: Vec<u8>) -> Result<RgbImage> {
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
-    let message = payload
+    payload
         .downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("libjpeg failed for an unknown reason");
-    // The wrapper prefixes every fatal error with this; the caller adds its own context.
-    message
-        .strip_prefix("libjpeg fatal error: ")
-        .unwrap_or(message)
+        .unwrap_or("libjpeg failed for an unknown reason")
         .to_owned()
 }
 
@@ -200,6 +341,10 @@ mod tests {
         0xd7, 0xff, 0xd9,
     ];
 
+    fn decode(bytes: &[u8]) -> Result<RgbImage> {
+        decode_jpeg(bytes, u64::MAX).map(|(image, _)| image)
+    }
+
     /// Sum of (index + 1) * byte over the whole RGB buffer: a one-level change anywhere shows.
     fn position_weighted_sum(image: &RgbImage) -> u64 {
         (1..)
@@ -214,7 +359,7 @@ mod tests {
 
     #[test]
     fn decodes_420_colour_like_opencv() {
-        let image = decode_jpeg(COLOUR_420).unwrap();
+        let image = decode(COLOUR_420).unwrap();
         assert_eq!(image.dimensions(), (16, 16));
         // The first three are pixels where the image crate's decoder is off by 1-2 levels.
         assert_eq!(pixel(&image, 3, 1), [48, 18, 72]);
@@ -227,7 +372,7 @@ mod tests {
 
     #[test]
     fn decodes_greyscale_to_three_equal_channels_like_opencv() {
-        let image = decode_jpeg(GREY).unwrap();
+        let image = decode(GREY).unwrap();
         let expected: [[u8; 8]; 8] = [
             [2, 17, 20, 49, 47, 54, 52, 80],
             [5, 16, 17, 29, 45, 64, 75, 93],
@@ -247,7 +392,7 @@ mod tests {
 
     #[test]
     fn converts_adobe_cmyk_like_opencv() {
-        let image = decode_jpeg(CMYK).unwrap();
+        let image = decode(CMYK).unwrap();
         assert_eq!(image.dimensions(), (8, 8));
         assert_eq!(pixel(&image, 0, 0), [1, 1, 36]);
         assert_eq!(pixel(&image, 1, 0), [17, 1, 49]);
@@ -260,17 +405,14 @@ mod tests {
     #[test]
     fn ignores_data_after_the_end_of_image_like_opencv() {
         let with_trailer = [COLOUR_420, b"trailing junk"].concat();
-        assert_eq!(
-            decode_jpeg(&with_trailer).unwrap(),
-            decode_jpeg(COLOUR_420).unwrap()
-        );
+        assert_eq!(decode(&with_trailer).unwrap(), decode(COLOUR_420).unwrap());
     }
 
     #[test]
     fn truncated_data_is_an_error_as_imdecode_returns_no_image() {
         // 3 bytes: only the signature; 100: inside a quantisation table; 300: inside the scan.
         for length in [3, 100, 300] {
-            let error = decode_jpeg(&COLOUR_420[..length]).unwrap_err();
+            let error = decode(&COLOUR_420[..length]).unwrap_err();
             assert!(
                 format!("{error:#}").contains("truncated"),
                 "{length} bytes: {error:#}"
@@ -282,10 +424,7 @@ mod tests {
     fn a_missing_end_of_image_marker_is_fine_once_every_pixel_is_decoded() {
         // cv2 decodes this too: libjpeg never needed bytes beyond the scan data.
         let without_eoi = &COLOUR_420[..COLOUR_420.len() - 2];
-        assert_eq!(
-            decode_jpeg(without_eoi).unwrap(),
-            decode_jpeg(COLOUR_420).unwrap()
-        );
+        assert_eq!(decode(without_eoi).unwrap(), decode(COLOUR_420).unwrap());
     }
 
     #[test]
@@ -295,7 +434,7 @@ mod tests {
             b"\x89PNG\r\n\x1a\n",
             &[0xFF, 0xD8, 0x00, 0x01, 0x02],
         ] {
-            let error = decode_jpeg(bytes).unwrap_err();
+            let error = decode(bytes).unwrap_err();
             assert!(error.to_string().contains("not a JPEG"), "{error:#}");
         }
     }
@@ -305,7 +444,7 @@ mod tests {
         // Byte 75 is the sample precision in the frame header; libjpeg only decodes 8 bits here.
         let mut twelve_bit = GREY.to_vec();
         twelve_bit[75] = 12;
-        let error = decode_jpeg(&twelve_bit).unwrap_err();
+        let error = decode(&twelve_bit).unwrap_err();
         assert!(error.to_string().contains("precision 12"), "{error:#}");
     }
 }

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::process::Output;
+
 use assert_cmd::Command;
 use serde_json::Value;
 
@@ -31,6 +33,40 @@ pub fn sclip_process() -> std::process::Command {
             Path::new(env!("CARGO_TARGET_TMPDIR")).join("query-cache"),
         );
     cmd
+}
+
+/// `sclip segment` with the fixture model and small windows, so that each image takes one or two.
+pub fn segment() -> Command {
+    let mut cmd = sclip();
+    cmd.arg("segment")
+        .arg("--model")
+        .arg(fixture_model())
+        .args(["--classes", "person,sky|space,wall"])
+        .args(["--short-side", "112", "--window", "112", "--stride", "56"]);
+    cmd
+}
+
+pub fn fixture_image(name: &str) -> PathBuf {
+    fixtures().join("images").join(name)
+}
+
+pub fn copy_fixture(name: &str, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(fixture_image(name), to).unwrap();
+}
+
+pub fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+pub fn summary(lines: &[Value]) -> &Value {
+    let last = lines.last().expect("a summary line");
+    assert_eq!(last["type"], "summary", "{last}");
+    last
 }
 
 /// One case of `tests/fixtures/cases.json`, written by `tests/reference/make_fixtures.py`.

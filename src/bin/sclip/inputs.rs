@@ -55,7 +55,10 @@ pub struct WalkOptions<'a> {
 /// and `..` parts, so that `find photos -type f` mirrors `photos/a/b.jpg` to `out/photos/a/b.png`.
 ///
 /// A folder is walked, recursively only with `options.recursive`, and keeps the files whose
-/// content is an image ([`is_image_file`]); its images' relative paths start below it. Entries
+/// content is an image ([`is_image_file`]) or whose extension is that of a decoded format
+/// ([`has_image_extension`]), so that a damaged or empty photo is reported rather than silently
+/// left out (a named pipe or device named as an image too, which loading refuses without
+/// waiting on it); its images' relative paths start below it. Entries
 /// whose names start with `.` are skipped, which also skips sclip's own temporary files.
 /// Symlinks to files are followed; symlinks to folders are not, so a walk can never loop.
 /// Anything that cannot be read is reported in [`Discovery::problems`] and the walk goes on.
@@ -139,7 +142,7 @@ impl Walk {
                 Ok(EntryKind::Folder) if self.is_excluded(&path) => {}
                 Ok(EntryKind::Folder) if self.recursive => self.folder(&path, &relative.join(name)),
                 Ok(EntryKind::Folder) => self.found.skipped_subfolders += 1,
-                Ok(EntryKind::File) => match is_image_file(&path) {
+                Ok(EntryKind::File) => match is_image_candidate(&path) {
                     Ok(true) => self.found.inputs.push(Input {
                         path,
                         relative: relative.join(name),
@@ -147,6 +150,14 @@ impl Walk {
                     Ok(false) => {}
                     Err(error) => self.problem(&path, error.to_string()),
                 },
+                // Never opened here; named as an image, it is taken so that loading it says what
+                // it is instead of leaving it out without a word.
+                Ok(EntryKind::Other) if has_image_extension(&path) => {
+                    self.found.inputs.push(Input {
+                        path,
+                        relative: relative.join(name),
+                    });
+                }
                 Ok(EntryKind::Other) => {}
                 Err(error) => self.problem(&path, error.to_string()),
             }
@@ -206,10 +217,28 @@ const SNIFF_LENGTH: u64 = 64;
 /// The info-header sizes the `image` crate's BMP decoder reads.
 const BMP_HEADER_SIZES: [u32; 6] = [12, 40, 52, 56, 108, 124];
 
+/// Whether a walked file is taken as an image: by its name, or else by its content.
+fn is_image_candidate(path: &Path) -> io::Result<bool> {
+    Ok(has_image_extension(path) || is_image_file(path)?)
+}
+
+/// Whether the file name ends in an extension of a format sclip decodes, in any case (`.JPG`).
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(OsStr::to_str)
+        .is_some_and(|extension| {
+            DECODED_FORMATS
+                .into_iter()
+                .flat_map(ImageFormat::extensions_str)
+                .any(|known| known.eq_ignore_ascii_case(extension))
+        })
+}
+
 /// Whether the file starts like an image in a format sclip decodes, whatever its extension.
 pub fn is_image_file(path: &Path) -> io::Result<bool> {
     let mut head = Vec::new();
-    fs::File::open(path)?
+    // The entry was a regular file when listed, but may be a named pipe by now.
+    sclip::preprocess::open_without_blocking(path)?
         .take(SNIFF_LENGTH)
         .read_to_end(&mut head)?;
     Ok(is_image_header(&head))
@@ -493,20 +522,60 @@ mod tests {
     }
 
     #[test]
-    fn folder_entries_are_kept_by_content_not_extension() {
+    fn folder_entries_are_kept_by_content_or_image_extension() {
         let dir = tempfile::tempdir().unwrap();
         tree(
             dir.path(),
             &[
+                // Named as images: taken, so that decoding reports what is wrong with them.
                 ("notes.jpg", b"just some text"),
                 ("empty.png", b""),
+                ("SHOUT.TIFF", b""),
+                // An image by content, whatever the name.
                 ("scan.dat", PNG),
                 ("photo.jpeg", b"\xff\xd8\xff\xe0\0\x10JFIF"),
+                // Neither: left alone.
+                ("README.txt", b"hello"),
+                ("Makefile", b"all:"),
+                ("png", b"no extension, only a name"),
             ],
         );
+        #[cfg(unix)]
+        for fifo in ["stream.jpg", "stream"] {
+            let made = std::process::Command::new("mkfifo")
+                .arg(dir.path().join(fifo))
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
         let found = walk(dir.path(), false, None);
-        assert_eq!(relatives(&found), ["photo.jpeg", "scan.dat"]);
+        let mut expected = vec![
+            "SHOUT.TIFF",
+            "empty.png",
+            "notes.jpg",
+            "photo.jpeg",
+            "scan.dat",
+        ];
+        if cfg!(unix) {
+            // A named pipe is never opened by the walk: taken by its name alone.
+            expected.push("stream.jpg");
+        }
+        assert_eq!(relatives(&found), expected);
         assert!(found.problems.is_empty());
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn sniffing_a_named_pipe_does_not_wait_for_a_writer() {
+        // What a file listed by the walk can have become by the time it is sniffed.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("photo.dat");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(!is_image_file(&fifo).unwrap());
     }
 
     #[test]

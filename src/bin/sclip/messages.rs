@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::error::Error;
 use std::path::Path;
 
-use sclip::preprocess::TooManyPixels;
+use sclip::preprocess::{FileTooLarge, TooManyPixels};
 use sclip::{ClassListError, DeviceError, Setting, SettingsError};
 
 use crate::args::CLASSES_EXAMPLE;
@@ -127,11 +127,18 @@ fn in_cli_words(cause: &(dyn Error + 'static)) -> Option<String> {
     if let Some(error) = cause.downcast_ref::<TooManyPixels>() {
         let (declared, limit) = error.megapixels();
         return Some(format!(
-            "{} declares {}x{} = {declared:.1} megapixels, over the --max-pixels limit of {limit:.1}; \
-             raise --max-pixels if the image is genuine",
-            error.path.display(),
-            error.width,
-            error.height
+            "it declares {}x{} = {declared:.1} megapixels, over the --max-pixels limit of \
+             {limit:.1}; raise --max-pixels if the image is genuine",
+            error.width, error.height
+        ));
+    }
+    if let Some(error) = cause.downcast_ref::<FileTooLarge>() {
+        return Some(format!(
+            "the file is {} bytes, over the {}-byte limit that --max-pixels sets (8 bytes a \
+             pixel and 64 MiB); pass --max-pixels {} or more if the image is genuine",
+            error.size,
+            error.limit,
+            error.pixels_needed()
         ));
     }
     if let Some(error) = cause.downcast_ref::<sclip::model::NotCached>() {

@@ -30,6 +30,8 @@ pub enum Format {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
     pub ok: usize,
+    /// Of the `ok` ones, those whose decoder warned about damaged data.
+    pub warned: usize,
     pub skipped: usize,
     pub failed: usize,
 }
@@ -44,6 +46,8 @@ pub struct Outcome {
     pub seconds: f64,
     /// (class index, fraction of the pixels) for every class in the mask, largest first.
     pub present: Vec<(usize, f64)>,
+    /// The decoder's warnings: damaged data it decoded past, so the mask may be wrong there.
+    pub warnings: Vec<String>,
 }
 
 /// Facts about the run that the summary reports besides the counts.
@@ -137,6 +141,16 @@ impl<'a> Reporter<'a> {
         match result {
             Ok(outcome) => {
                 self.counts.ok += 1;
+                if !outcome.warnings.is_empty() {
+                    self.counts.warned += 1;
+                    // Like errors, on stderr whatever the format and --quiet: the mask was
+                    // written, but may be wrong where the data was damaged.
+                    self.print_stderr(&format!(
+                        "sclip: warning: {}: {}",
+                        job.image.display(),
+                        outcome.warnings.join("; ")
+                    ));
+                }
                 match self.format {
                     Format::Json => {
                         let classes: Vec<Value> = outcome
@@ -158,6 +172,7 @@ impl<'a> Reporter<'a> {
                             "seconds": round_ms(outcome.seconds),
                             "outputs": outputs(job),
                             "classes": classes,
+                            "warnings": outcome.warnings,
                         });
                         let line = with_path(line, "path", &job.image);
                         self.print_stdout(&line.to_string());
@@ -225,6 +240,7 @@ impl<'a> Reporter<'a> {
         };
         let Counts {
             ok,
+            warned,
             skipped,
             failed,
         } = self.counts;
@@ -233,6 +249,7 @@ impl<'a> Reporter<'a> {
                 let line = json!({
                     "type": "summary",
                     "ok": ok,
+                    "warned": warned,
                     "skipped": skipped,
                     "failed": failed,
                     "not_started": facts.not_started,
@@ -246,8 +263,13 @@ impl<'a> Reporter<'a> {
                 self.print_stdout(&line.to_string());
             }
             Format::Human if !self.quiet => {
+                let warned = if warned > 0 {
+                    format!(" ({warned} with warnings)")
+                } else {
+                    String::new()
+                };
                 let mut line = format!(
-                    "sclip: {ok} ok, {skipped} skipped, {failed} failed in {seconds:.1} s ({per_second:.2} images/s)"
+                    "sclip: {ok} ok{warned}, {skipped} skipped, {failed} failed in {seconds:.1} s ({per_second:.2} images/s)"
                 );
                 if facts.interrupted {
                     line.push_str(&format!("; interrupted, {} not started", facts.not_started));

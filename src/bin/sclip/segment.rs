@@ -145,6 +145,7 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
                     height: result.segmentation.height,
                     seconds: result.started.elapsed().as_secs_f64(),
                     present: result.segmentation.present_classes(),
+                    warnings: result.warnings,
                 })
             });
             let ending = match outcome {
