@@ -147,7 +147,7 @@ impl<'a> Reporter<'a> {
                     // written, but may be wrong where the data was damaged.
                     self.print_stderr(&format!(
                         "sclip: warning: {}: {}",
-                        job.image.display(),
+                        shown_path(&job.image),
                         outcome.warnings.join("; ")
                     ));
                 }
