@@ -268,6 +268,20 @@ fn help_documents_every_option() {
     ] {
         assert!(help.contains(option), "--help lacks {option}");
     }
+    for documented in [
+        "SCLIP_CACHE_DIR",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_ENDPOINT",
+        "HF_TOKEN_PATH",
+        "HF_HUB_ETAG_TIMEOUT",
+        "HF_HUB_DOWNLOAD_TIMEOUT",
+        "1024 names",
+        "128+N",
+    ] {
+        assert!(help.contains(documented), "--help lacks {documented}");
+    }
     assert!(Path::new(&sample_image()).exists());
 }
 

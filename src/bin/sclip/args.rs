@@ -31,6 +31,7 @@ pub enum Command {
     /// Exit status: 0 when every image was segmented (or skipped), 1 when any failed, 2 for
     /// usage errors (nothing started), 128+N when stopped by signal N (130 Ctrl-C, 143 SIGTERM,
     /// 129 SIGHUP).
+    #[command(after_help = SEGMENT_AFTER_HELP)]
     Segment(Box<SegmentArgs>),
     /// List the benchmark presets, or print one preset's class file (to copy and edit).
     Presets {
@@ -39,6 +40,32 @@ pub enum Command {
     },
 }
 
+/// Limits, environment and exit statuses, after the options of `sclip segment --help`.
+const SEGMENT_AFTER_HELP: &str = "\
+Limits:
+  --max-pixels N refuses an image declaring more pixels (as the decoder reads the header), and a
+  file larger than 8 bytes a pixel of it plus 64 MiB, before reading it. Pipes, devices and folders
+  given as images are refused without reading them. An image whose resized short side is under one
+  patch (16 pixels for ViT-B/16) fails alone. At most 256 classes and 1024 names (synonyms
+  included) per run, each name once (case and repeated spaces do not count).
+
+Environment:
+  SCLIP_CACHE_DIR  text query cache (default $XDG_CACHE_HOME/sclip, else ~/.cache/sclip)
+  HF_HOME          Hugging Face home (default ~/.cache/huggingface): cache in $HF_HOME/hub,
+                   saved token in $HF_HOME/token
+  HF_HUB_CACHE     hub cache folder (default $HF_HOME/hub)
+  HF_HUB_OFFLINE=1 use the cache only, never the network
+  HF_ENDPOINT      hub mirror (default https://huggingface.co)
+  HF_TOKEN         token for gated repos (else the file HF_TOKEN_PATH, default $HF_HOME/token);
+                   sent to the hub only, never to the hosts it redirects downloads to
+  HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT
+                   seconds a silent hub is waited for (default 10 each)
+  Downloads are checked (size, and SHA-256 for the weights) before they enter the cache.
+
+Exit status:
+  0 every image segmented or skipped; 1 any image failed; 2 usage error, nothing started;
+  128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).";
+
 /// "[default: 40, or the preset's]": a default that a preset may change, read from the library.
 fn preset_default(help: &str, default: impl std::fmt::Display) -> String {
     format!("{help} [default: {default}, or the preset's]")
@@ -46,8 +73,8 @@ fn preset_default(help: &str, default: impl std::fmt::Display) -> String {
 
 #[derive(Args)]
 pub struct SegmentArgs {
-    /// Images and folders of images (folders need --out). Files in folders are kept by content,
-    /// whatever their extension: JPEG, PNG, WebP, BMP, TIFF, GIF, ...
+    /// Images and folders of images (folders need --out). Files in folders are kept when their
+    /// extension or their content is an image's: JPEG, PNG, WebP, BMP, TIFF, GIF, ...
     #[arg(value_name = "PATH", required_unless_present = "files_from")]
     pub images: Vec<PathBuf>,
 
