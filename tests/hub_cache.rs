@@ -67,13 +67,8 @@ fn local_mask(model: &Path, out: &Path) -> Vec<u8> {
     std::fs::read(out.join("astronaut.png")).unwrap()
 }
 
-/// Caches `files` of the fixture folder `source` as a hub repo, loads it by id, and checks the
-/// mask equals the one the local safetensors fixture gives.
-fn assert_cached_repo_gives_the_local_mask(source: &str, files: &[&str]) {
-    let home = tempfile::tempdir().unwrap();
-    lay_out_cache(home.path(), &fixtures().join(source), files);
-    let out = tempfile::tempdir().unwrap();
-    let output = segment_by_repo_id(home.path(), out.path());
+/// The run succeeded, and the mask it wrote into `out` equals the local safetensors fixture's.
+fn assert_run_gives_the_local_mask(output: &std::process::Output, out: &Path) {
     assert!(
         output.status.success(),
         "{}",
@@ -81,9 +76,19 @@ fn assert_cached_repo_gives_the_local_mask(source: &str, files: &[&str]) {
     );
     let reference = tempfile::tempdir().unwrap();
     assert_eq!(
-        std::fs::read(out.path().join("astronaut.png")).unwrap(),
+        std::fs::read(out.join("astronaut.png")).unwrap(),
         local_mask(&fixtures().join("model"), reference.path())
     );
+}
+
+/// Caches `files` of the fixture folder `source` as a hub repo, loads it by id, and checks the
+/// mask equals the one the local safetensors fixture gives.
+fn assert_cached_repo_gives_the_local_mask(source: &str, files: &[&str]) {
+    let home = tempfile::tempdir().unwrap();
+    lay_out_cache(home.path(), &fixtures().join(source), files);
+    let out = tempfile::tempdir().unwrap();
+    let output = segment_by_repo_id(home.path(), out.path());
+    assert_run_gives_the_local_mask(&output, out.path());
 }
 
 #[test]
@@ -171,14 +176,5 @@ fn a_revision_given_as_a_commit_finds_its_snapshot_offline() {
         .arg(out.path())
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reference = tempfile::tempdir().unwrap();
-    assert_eq!(
-        std::fs::read(out.path().join("astronaut.png")).unwrap(),
-        local_mask(&fixtures().join("model"), reference.path())
-    );
+    assert_run_gives_the_local_mask(&output, out.path());
 }
