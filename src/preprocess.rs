@@ -56,13 +56,18 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DecodedImage> {
         )
     } else {
         let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-        reader.limits(decoder_limits(max_pixels));
+        // Until the size is known, only metadata is read (a PNG's compressed ICC profile, say):
+        // it gets the non-pixel room alone, so a zlib bomb there cannot grow past it.
+        reader.limits(decoder_limits(0));
         let mut decoder = reader
             .into_decoder()
             .with_context(|| format!("cannot read the {format:?} header"))?;
         // The size this decoder will allocate for, read by the decoder itself.
         let (width, height) = decoder.dimensions();
         TooManyPixels::check(width, height, max_pixels)?;
+        decoder
+            .set_limits(decoder_limits(u64::from(width) * u64::from(height)))
+            .with_context(|| format!("cannot decode the {format:?} image data"))?;
         let orientation = decoder
             .orientation()
             .with_context(|| format!("cannot read the {format:?} orientation metadata"))?;
@@ -92,14 +97,14 @@ const MAX_DECODED_BYTES_PER_PIXEL: u64 = 16;
 /// metadata (EXIF, ICC profiles, thumbnails), tables, row buffers.
 const NON_PIXEL_BYTES: u64 = 64 << 20;
 
-/// The `image` crate's limits for an image of at most `max_pixels` pixels: its decoders stop
-/// before allocating more than such an image can need, whatever the header said. The size
-/// itself is checked by the caller against the decoder's own header read, so that it is refused
-/// as [`TooManyPixels`] rather than as a generic limit error.
-fn decoder_limits(max_pixels: u64) -> Limits {
+/// The `image` crate's limits for an image of `pixels` pixels: its decoders stop before
+/// allocating more than such an image can need, whatever else the file says. The size itself is
+/// checked by the caller against the decoder's own header read, so that it is refused as
+/// [`TooManyPixels`] rather than as a generic limit error.
+fn decoder_limits(pixels: u64) -> Limits {
     let mut limits = Limits::default();
     limits.max_alloc = Some(
-        max_pixels
+        pixels
             .saturating_mul(MAX_DECODED_BYTES_PER_PIXEL)
             .saturating_add(NON_PIXEL_BYTES),
     );

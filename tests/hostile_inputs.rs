@@ -294,3 +294,86 @@ fn an_image_too_thin_for_one_patch_fails_alone_before_the_model() {
     );
     assert!(!line.contains("the model failed"), "{line}");
 }
+
+/// A zlib stream that inflates to `length` zero bytes (a multiple of 258, plus one): one fixed
+/// Huffman block of a literal 0 and then copies of the 258 bytes before, 13 bits each.
+fn zlib_of_zeros(length: usize) -> Vec<u8> {
+    struct Bits {
+        bytes: Vec<u8>,
+        used: u32,
+    }
+    impl Bits {
+        /// Huffman codes go most significant bit first, into a least-significant-first stream.
+        fn code(&mut self, code: u32, width: u32) {
+            for bit in (0..width).rev() {
+                if self.used % 8 == 0 {
+                    self.bytes.push(0);
+                }
+                let last = self.bytes.last_mut().unwrap();
+                *last |= (((code >> bit) & 1) as u8) << (self.used % 8);
+                self.used += 1;
+            }
+        }
+    }
+    let mut bits = Bits {
+        bytes: vec![0x78, 0x01],
+        used: 16,
+    };
+    bits.code(0b1, 1); // the last block
+    bits.code(0b10, 2); // fixed Huffman codes (BTYPE 01, least significant bit first)
+    bits.code(0x30, 8); // literal 0
+    for _ in 0..(length - 1) / 258 {
+        bits.code(0xC5, 8); // length 258
+        bits.code(0, 5); // distance 1
+    }
+    bits.code(0, 7); // end of block
+    let adler = ((length % 65521) as u32) << 16 | 1;
+    bits.bytes.extend_from_slice(&adler.to_be_bytes());
+    bits.bytes
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A PNG's header metadata is bounded apart from its pixels: an ICC profile that inflates to a
+/// gigabyte from a few megabytes neither takes that memory nor stops the batch.
+#[test]
+fn a_zlib_bomb_in_a_png_profile_stays_within_the_metadata_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = std::fs::read(fixture_image("small_window.png")).unwrap();
+    let after_header = 8 + 25;
+    let mut chunk = b"iCCP".to_vec();
+    chunk.extend_from_slice(b"bomb\0\0");
+    chunk.extend_from_slice(&zlib_of_zeros(258 * (1 << 22) + 1));
+    let mut bomb = png[..after_header].to_vec();
+    bomb.extend_from_slice(&((chunk.len() - 4) as u32).to_be_bytes());
+    bomb.extend_from_slice(&chunk);
+    bomb.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    bomb.extend_from_slice(&png[after_header..]);
+    let path = dir.path().join("profile_bomb.png");
+    std::fs::write(&path, &bomb).unwrap();
+
+    let output = segment()
+        .arg(&path)
+        .args(["--json", "--out"])
+        .arg(dir.path().join("masks"))
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let lines = json_lines(&output);
+    let peak = summary(&lines)["peak_rss_mib"].as_f64().unwrap();
+    assert!(peak < 600.0, "a 1 GiB profile took the run to {peak} MiB");
+}
