@@ -751,6 +751,21 @@ fn names_with_control_bytes_are_escaped_and_json_keeps_their_bytes() {
     let mask = bytes(&lines[0]["outputs"]["mask_bytes"]);
     assert!(Path::new(std::ffi::OsStr::from_bytes(&mask)).is_file());
     assert!(lines[0].get("path_bytes").is_some() && summary(&lines)["ok"] == 1);
+
+    // serde_json leaves DEL and the C1 controls raw; they are escaped as JSON escapes are.
+    let del = dir.path().join("del\u{7f}\u{9b}.png");
+    copy_fixture("small_window.png", &del);
+    let output = segment()
+        .arg(&del)
+        .args(["--json", "--out"])
+        .arg(dir.path().join("masks"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    assert!(!stdout.contains(['\u{7f}', '\u{9b}']), "{stdout:?}");
+    let lines = json_lines(&output);
+    assert_eq!(lines[0]["path"], del.to_str().unwrap());
 }
 
 /// A signal before the images start (here while the list is still being read from stdin) has

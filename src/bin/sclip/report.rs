@@ -291,10 +291,14 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// Prints above the progress bar rather than through it, with control characters escaped
-    /// (a JSON line has none left to escape).
+    /// Prints above the progress bar rather than through it, with control characters escaped:
+    /// as `\n` or `\u{1b}` for people, and as JSON's `\u007f` in a JSON line, where serde_json
+    /// leaves DEL and the C1 controls raw (valid JSON, but raw bytes to a terminal).
     fn print_stdout(&self, line: &str) {
-        let line = escape_controls(line);
+        let line = match self.format {
+            Format::Human => escape_controls(line),
+            Format::Json => json_escape_controls(line),
+        };
         let print = || {
             let mut stdout = std::io::stdout().lock();
             // A closed pipe (`sclip ... | head`) must not stop the run: the files are the point.
@@ -314,6 +318,23 @@ impl<'a> Reporter<'a> {
             None => eprintln!("{line}"),
         }
     }
+}
+
+/// `line`, a JSON text, with every control character left raw written as a `\uXXXX` escape;
+/// serde_json escapes the others, and only strings can hold one.
+fn json_escape_controls(line: &str) -> Cow<'_, str> {
+    if !line.chars().any(char::is_control) {
+        return Cow::Borrowed(line);
+    }
+    let mut escaped = String::with_capacity(line.len() + 12);
+    for character in line.chars() {
+        if character.is_control() {
+            escaped.push_str(&format!("\\u{:04x}", u32::from(character)));
+        } else {
+            escaped.push(character);
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 fn outputs(job: &Job) -> Value {
