@@ -9,7 +9,6 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,6 +17,7 @@ use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::atomic_write::write_atomically;
+use crate::preprocess::open_without_blocking;
 use crate::model::ModelFiles;
 
 /// Version 2 added the payload digest.
@@ -209,7 +209,8 @@ impl QueryCache {
     /// What is stored under `key`: its `rows x dim` queries (row-major) only if the file is
     /// exactly what `key` describes and its payload matches the digest it was written with.
     pub fn load(&self, key: &QueryKey) -> Lookup {
-        let Ok(mut file) = File::open(self.path(key)) else {
+        // Without blocking: a named pipe put in a file's place must not hang the run.
+        let Ok(mut file) = open_without_blocking(&self.path(key)) else {
             return Lookup::Absent;
         };
         let Some(expected_len) = key
@@ -218,14 +219,19 @@ impl QueryCache {
         else {
             return Lookup::Damaged(Damage::WrongLength);
         };
-        // Checked before reading so that a foreign file of any size costs one stat.
+        // Checked before reading so that a foreign file of any size (or a pipe, a device) costs
+        // one stat.
         match file.metadata() {
-            Ok(metadata) if metadata.len() == expected_len as u64 => {}
+            Ok(metadata) if metadata.is_file() && metadata.len() == expected_len as u64 => {}
             Ok(_) => return Lookup::Damaged(Damage::WrongLength),
             Err(_) => return Lookup::Absent,
         }
         let mut bytes = Vec::with_capacity(expected_len);
-        if file.read_to_end(&mut bytes).is_err() {
+        if (&mut file)
+            .take(expected_len as u64 + 1)
+            .read_to_end(&mut bytes)
+            .is_err()
+        {
             return Lookup::Absent;
         }
         if bytes.len() != expected_len {
@@ -414,6 +420,23 @@ mod tests {
         assert_ne!(key(&["t"], &["a,b"]), key(&["t"], &["a", "b"]));
         assert_ne!(key(&["t"], &["ab"]), key(&["t"], &["a", "b"]));
         assert_ne!(key(&["t"], &["a"]), key(&["t", "a"], &[]));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_in_a_files_place_is_a_miss_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = QueryCache::new(dir.path().to_path_buf());
+        let key = key_for(&["dog"]);
+        let path = dir.path().join(key.file_name());
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(cache.load(&key), Lookup::Damaged(Damage::WrongLength));
+        cache.store(&key, &[1.0, 2.0, 3.0]).unwrap();
+        assert!(matches!(cache.load(&key), Lookup::Hit(_)));
     }
 
     #[test]
