@@ -2,6 +2,7 @@
 //! score at a pixel is the best of its names'. Class 0 is the background where thresholds apply.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -16,8 +17,13 @@ pub const MAX_CLASSES: usize = 256;
 /// grow without bound.
 pub const MAX_NAMES: usize = 1024;
 
-/// Editors on Windows start UTF-8 files with it; it is no part of the first name.
+/// Editors on Windows start UTF-8 files with it (and `paste` or `$(cat ...)` carry it into
+/// `--classes`); it is no part of a name.
 const BYTE_ORDER_MARK: char = '\u{feff}';
+
+/// A class file holds at most [`MAX_NAMES`] names; a file far longer than that can hold is not
+/// one (`/dev/zero`, a file given by mistake) and is refused before it fills memory.
+const MAX_CLASS_FILE_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClassList {
@@ -40,7 +46,6 @@ impl ClassList {
     /// A class file: one class per line, its names separated by commas; `#` starts a comment;
     /// blank lines are ignored.
     pub fn parse_file_contents(text: &str) -> Result<Self> {
-        let text = text.strip_prefix(BYTE_ORDER_MARK).unwrap_or(text);
         let mut classes = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let content = line.split('#').next().unwrap_or("").trim();
@@ -53,8 +58,22 @@ impl ClassList {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read class file {}", path.display()))?;
+        let cannot_read = || format!("cannot read class file {}", path.display());
+        let mut text = String::new();
+        // A plain open: `--classes-file <(command)` is a pipe, and must be waited for.
+        std::fs::File::open(path)
+            .and_then(|file| {
+                file.take(MAX_CLASS_FILE_BYTES + 1)
+                    .read_to_string(&mut text)
+            })
+            .with_context(cannot_read)?;
+        if text.len() as u64 > MAX_CLASS_FILE_BYTES {
+            return Err(anyhow::anyhow!(
+                "it is longer than {} MiB, far more than {MAX_NAMES} names need; is it the class file?",
+                MAX_CLASS_FILE_BYTES >> 20
+            ))
+            .with_context(cannot_read);
+        }
         Self::parse_file_contents(&text)
             .with_context(|| format!("bad class file {}", path.display()))
     }
@@ -176,7 +195,10 @@ fn as_clip_reads(name: &str) -> String {
 fn split_names(class: &str, separator: char) -> Result<Vec<String>, ClassListError> {
     let names: Vec<String> = class
         .split(separator)
-        .map(|n| n.trim().to_string())
+        .map(|n| {
+            n.trim_matches(|c: char| c.is_whitespace() || c == BYTE_ORDER_MARK)
+                .to_string()
+        })
         .collect();
     if names.iter().any(String::is_empty) {
         return Err(ClassListError::BlankName {
@@ -243,9 +265,11 @@ mod tests {
     fn a_byte_order_mark_is_not_part_of_the_first_name() {
         let list = ClassList::parse_file_contents("\u{feff}sky\r\ntree, bush\r\n").unwrap();
         assert_eq!(list.queries().0, ["sky", "tree", "bush"]);
-        // Only a leading one is a byte order mark; elsewhere it is a (strange) character.
-        let list = ClassList::parse_file_contents("sky\n\u{feff}tree\n").unwrap();
-        assert_eq!(list.queries().0, ["sky", "\u{feff}tree"]);
+        // However it got there (two in a file, one carried into --classes), it is no part of a name.
+        let list = ClassList::parse_file_contents("\u{feff}\u{feff}sky\n\u{feff}tree\n").unwrap();
+        assert_eq!(list.queries().0, ["sky", "tree"]);
+        let list = ClassList::parse_inline("\u{feff}sky,person").unwrap();
+        assert_eq!(list.queries().0, ["sky", "person"]);
     }
 
     #[test]

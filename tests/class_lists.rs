@@ -179,3 +179,27 @@ fn a_damaged_cache_file_is_a_miss_with_a_warning_and_is_replaced() {
     assert_eq!(again, mask);
     assert!(!warning.contains("warning"), "{warning}");
 }
+
+/// A "class file" that never ends is refused once it is longer than any list can be, and a class
+/// file that is a pipe (`--classes-file <(command)`) is read as a file is.
+#[cfg(unix)]
+#[test]
+fn class_files_are_read_with_a_bound_and_pipes_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = segment(dir.path(), &dir.path().join("out"), &["--classes-file", "/dev/zero"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("/dev/zero: it is longer than 16 MiB"), "{stderr}");
+
+    let output = sclip()
+        .arg("segment")
+        .arg(image())
+        .arg("--model")
+        .arg(fixture_model())
+        .args(["--classes-file", "/dev/stdin", "--no-cache", "--out"])
+        .arg(dir.path().join("piped"))
+        .write_stdin("\u{feff}sky\nperson\n")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+}

@@ -17,8 +17,8 @@ use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::atomic_write::write_atomically;
-use crate::preprocess::open_without_blocking;
 use crate::model::ModelFiles;
+use crate::preprocess::open_without_blocking;
 
 /// Version 2 added the payload digest.
 const MAGIC: &[u8; 8] = b"SCLIPQ2\0";
