@@ -186,10 +186,17 @@ fn a_damaged_cache_file_is_a_miss_with_a_warning_and_is_replaced() {
 #[test]
 fn class_files_are_read_with_a_bound_and_pipes_work() {
     let dir = tempfile::tempdir().unwrap();
-    let output = segment(dir.path(), &dir.path().join("out"), &["--classes-file", "/dev/zero"]);
+    let output = segment(
+        dir.path(),
+        &dir.path().join("out"),
+        &["--classes-file", "/dev/zero"],
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("/dev/zero: it is longer than 16 MiB"), "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero: it is longer than 16 MiB"),
+        "{stderr}"
+    );
 
     let output = sclip()
         .arg("segment")

@@ -159,6 +159,9 @@ impl Walk {
                     });
                 }
                 Ok(EntryKind::Other) => {}
+                // A broken link is reported only when it is named as an image: like any other
+                // file, one named otherwise (`notes.bin`) is none of the run's business.
+                Err(_) if !has_image_extension(&path) => {}
                 Err(error) => self.problem(&path, error.to_string()),
             }
         }
@@ -183,7 +186,8 @@ fn entry_kind(entry: &fs::DirEntry) -> io::Result<EntryKind> {
         EntryKind::Folder
     } else if file_type.is_file()
         // A link counts only as a file, never as a folder, so that the walk cannot loop; a
-        // broken one is an error, as its target may be an image on a missing disk.
+        // broken one is an error, as its target may be an image on a missing disk (unless its
+        // name says it is not an image).
         || (file_type.is_symlink() && fs::metadata(entry.path())?.is_file())
     {
         EntryKind::File
@@ -664,6 +668,7 @@ mod tests {
         symlink(dir.path().join("elsewhere/far.png"), photos.join("far.png")).unwrap();
         symlink(&photos, photos.join("sub/loop")).unwrap();
         symlink(dir.path().join("gone.png"), photos.join("broken.png")).unwrap();
+        symlink(dir.path().join("gone.bin"), photos.join("broken.bin")).unwrap();
 
         let found = walk(&photos, true, None);
         assert_eq!(relatives(&found), ["far.png", "sub/near.png"]);
