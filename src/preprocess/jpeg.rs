@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Result};
 use image::RgbImage;
 use mozjpeg::decompress::DecompressStarted;
 use mozjpeg::{ColorSpace, Decompress};
-use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JWRN_JPEG_EOF};
+use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error, JTRC_SOS, JWRN_JPEG_EOF};
 
 use super::TooManyPixels;
 
@@ -124,14 +124,24 @@ struct Warnings {
     kept: Vec<String>,
     /// Past [`MAX_WARNINGS`]: a damaged scan can warn at every restart marker.
     more: usize,
+    /// Scans started so far, for [`MAX_SCANS`].
+    scans: usize,
 }
 
 const MAX_WARNINGS: usize = 4;
+
+/// A progressive JPEG is decoded scan by scan, each over the whole image, so a small file that
+/// repeats scans (1000 of them: 46 s for an 8000x8000 image) is a CPU bomb within the pixel
+/// limit. Encoders write at most a few dozen (libjpeg's progressive script: 10; mozjpeg's
+/// optimised ones: under 70), so past this many the file is refused, as libjpeg-turbo's own tools
+/// do with their scan limit; 100 scans of a 100-megapixel image take about 7 s.
+pub(crate) const MAX_SCANS: usize = 100;
 
 impl Warnings {
     fn clear(&mut self) {
         self.kept.clear();
         self.more = 0;
+        self.scans = 0;
     }
 
     fn add(&mut self, warning: String) {
@@ -157,7 +167,7 @@ impl Warnings {
 
 thread_local! {
     static WARNINGS: RefCell<Warnings> = const {
-        RefCell::new(Warnings { kept: Vec::new(), more: 0 })
+        RefCell::new(Warnings { kept: Vec::new(), more: 0, scans: 0 })
     };
 }
 
@@ -208,6 +218,20 @@ extern "C-unwind" fn unwind_with_message(cinfo: &mut jpeg_common_struct) {
 extern "C-unwind" fn collect_warning(cinfo: &mut jpeg_common_struct, level: c_int) {
     // SAFETY: cinfo.err is the error manager libjpeg is calling back through.
     let code = unsafe { cinfo.err.as_ref() }.map(|err| err.msg_code);
+    // libjpeg traces every start of scan through here, whatever the trace level.
+    if code == Some(JTRC_SOS as c_int) {
+        let scans = WARNINGS.with_borrow_mut(|warnings| {
+            warnings.scans += 1;
+            warnings.scans
+        });
+        if scans > MAX_SCANS {
+            // Caught in decode_jpeg, as libjpeg's own fatal errors are.
+            panic::resume_unwind(Box::new(format!(
+                "the JPEG has more than {MAX_SCANS} scans, more than any encoder writes: a \
+                 damaged or hostile file, which would take minutes to decode"
+            )));
+        }
+    }
     if level < 0 && code != Some(JWRN_JPEG_EOF as c_int) {
         let warning = libjpeg_message(cinfo);
         WARNINGS.with_borrow_mut(|warnings| warnings.add(warning));
@@ -355,6 +379,31 @@ mod tests {
 
     fn pixel(image: &RgbImage, x: u32, y: u32) -> [u8; 3] {
         image.get_pixel(x, y).0
+    }
+
+    #[test]
+    fn a_jpeg_with_more_scans_than_any_encoder_writes_is_refused() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/images/progressive.jpg"
+        );
+        let progressive = std::fs::read(path).unwrap();
+        assert!(decode(&progressive).is_ok());
+        let last_scan = progressive
+            .windows(2)
+            .rposition(|pair| pair == [0xFF, 0xDA])
+            .unwrap();
+        let end = progressive.len() - 2;
+        let mut repeated = progressive[..end].to_vec();
+        for _ in 0..MAX_SCANS {
+            repeated.extend_from_slice(&progressive[last_scan..end]);
+        }
+        repeated.extend_from_slice(&[0xFF, 0xD9]);
+        let error = decode(&repeated).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("more than 100 scans"),
+            "{error:#}"
+        );
     }
 
     #[test]

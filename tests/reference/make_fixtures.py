@@ -438,6 +438,11 @@ def build_images(img_dir: Path) -> dict:
     Image.fromarray(j).quantize(48).save(img_dir / "palette.png")
     files["palette"] = "palette.png"
 
+    # k. progressive: a progressive JPEG, for the scan limit (not a reference case: the test
+    #    repeats its last scan past the limit)
+    k = _area(data.astronaut()[20:404, :512], 64, 48)
+    Image.fromarray(k).save(img_dir / "progressive.jpg", quality=90, progressive=True)
+
     check_decodes(img_dir, files, e16)
     return files
 
