@@ -14,13 +14,16 @@ use crate::args::CLASSES_EXAMPLE;
 /// (candle's, with RUST_BACKTRACE set) carry a backtrace on later lines, which is noise to a user
 /// and is left out; any other line break (a file name can hold one) is escaped, not cut.
 pub fn one_line(err: &anyhow::Error) -> String {
-    err.chain()
+    let mut messages: Vec<String> = err
+        .chain()
         .map(|cause| {
             let message = in_cli_words(cause).unwrap_or_else(|| cause.to_string());
             escape_controls(without_backtrace(&message)).into_owned()
         })
-        .collect::<Vec<_>>()
-        .join(": ")
+        .collect();
+    // Some decoders' errors repeat their source's message as their own.
+    messages.dedup();
+    messages.join(": ")
 }
 
 /// `message` up to the line where a backtrace starts: `stack backtrace:`, a frame such as
@@ -197,6 +200,10 @@ mod tests {
         assert_eq!(one_line(&error), "outer: first line");
         let error = anyhow::anyhow!("shape mismatch\n   0: candle_core::error::Error::bt\n");
         assert_eq!(one_line(&error), "shape mismatch");
+        let error = anyhow::anyhow!("image truncated")
+            .context("image truncated")
+            .context("cannot decode a.png");
+        assert_eq!(one_line(&error), "cannot decode a.png: image truncated");
     }
 
     #[test]
