@@ -306,7 +306,7 @@ fn zlib_of_zeros(length: usize) -> Vec<u8> {
         /// Huffman codes go most significant bit first, into a least-significant-first stream.
         fn code(&mut self, code: u32, width: u32) {
             for bit in (0..width).rev() {
-                if self.used % 8 == 0 {
+                if self.used.is_multiple_of(8) {
                     self.bytes.push(0);
                 }
                 let last = self.bytes.last_mut().unwrap();
