@@ -15,7 +15,7 @@ use tempfile::NamedTempFile;
 ///
 /// The rename is atomic, so readers see either the old file or the complete new one. The
 /// temporary file is removed whenever this returns an error or `write` panics. Its name is
-/// `.<file name>.<random>.tmp` ([`temp_prefix`] shortens long names), created with exclusive
+/// `.<file name>.<random>.tmp` (a digest of the name stands in for one too long for NAME_MAX), created with exclusive
 /// create and retried with fresh random names on collision, so concurrent threads or processes
 /// writing into one directory never share a temporary file (whichever rename comes last wins, and
 /// it is always a complete file). The leading dot and the `.tmp` suffix keep it out of globs such
