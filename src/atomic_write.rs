@@ -15,10 +15,10 @@ use tempfile::NamedTempFile;
 ///
 /// The rename is atomic, so readers see either the old file or the complete new one. The
 /// temporary file is removed whenever this returns an error or `write` panics. Its name is
-/// `.<file name>.<random>.tmp` (a digest of the name stands in for one too long for NAME_MAX), created with exclusive
-/// create and retried with fresh random names on collision, so concurrent threads or processes
-/// writing into one directory never share a temporary file (whichever rename comes last wins, and
-/// it is always a complete file). The leading dot and the `.tmp` suffix keep it out of globs such
+/// `.<file name>.<random>.tmp` (a digest of the name stands in for one too long for NAME_MAX),
+/// created with exclusive create and retried with fresh random names on collision, so concurrent
+/// threads or processes writing into one directory never share a temporary file (whichever
+/// rename comes last wins, and it is always a complete file). The leading dot and the `.tmp` suffix keep it out of globs such
 /// as `*.png`. A process killed mid-write can leave such a hidden file behind, but never a partial
 /// `path`; [`remove_temporaries_in_flight`] removes them for a process about to exit abruptly.
 ///
