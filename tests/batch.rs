@@ -783,7 +783,8 @@ fn a_signal_before_the_images_start_ends_the_run_at_once() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Long enough for the handlers to be in place even on a loaded machine.
+    std::thread::sleep(Duration::from_millis(1500));
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
