@@ -265,6 +265,8 @@ fn help_documents_every_option() {
         "--json",
         "--quiet",
         "--no-cache",
+        "--method",
+        "--csa-proj",
     ] {
         assert!(help.contains(option), "--help lacks {option}");
     }
@@ -347,4 +349,24 @@ fn an_out_that_is_a_file_is_a_usage_error() {
         assert!(!stderr.contains("ok,"), "no image was started: {stderr}");
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+}
+
+#[test]
+fn a_csa_projection_with_another_method_is_a_usage_error() {
+    let (code, stderr) = run_into_empty_out(&[
+        &sample_image(),
+        "--model",
+        &model(),
+        "--classes",
+        "a,b",
+        "--method",
+        "clip",
+        "--csa-proj",
+        "q",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--csa-proj changes SCLIP's attention only"),
+        "{stderr}"
+    );
 }

@@ -4,10 +4,73 @@
 
 mod common;
 
-use common::{cases, read_label_png, sclip, Npy};
+use std::path::Path;
+
+use common::{cases, read_label_png, sclip, Case, Npy};
 
 const MIN_LABEL_AGREEMENT: f64 = 0.999;
 const MAX_PROB_DIFFERENCE: f32 = 1e-4;
+
+/// Runs `case` with `extra` options; returns the share of its mask's labels that equal
+/// `expected_labels` and the largest difference of its scores from `expected_probs`.
+fn agreement(
+    case: &Case,
+    extra: &[&str],
+    expected_labels: &Path,
+    expected_probs: &Path,
+) -> (f64, f32) {
+    let out = tempfile::tempdir().unwrap();
+    let output = sclip()
+        .args(case.args(out.path()))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{} {extra:?}: sclip failed: {}",
+        case.name,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("{}x{}", case.width, case.height)),
+        "{}: the report line names the size: {stdout}",
+        case.name
+    );
+
+    let (width, height, labels) = read_label_png(&out.path().join(format!("{}.png", case.stem())));
+    assert_eq!(
+        (width, height),
+        (case.width, case.height),
+        "{}: mask size",
+        case.name
+    );
+    let expected_labels = Npy::read(expected_labels);
+    assert_eq!(expected_labels.shape, [height, width]);
+    let expected_labels = expected_labels.u8s();
+    let agreeing = labels
+        .iter()
+        .zip(&expected_labels)
+        .filter(|(a, b)| a == b)
+        .count();
+    let agreement = agreeing as f64 / labels.len() as f64;
+
+    let probs = Npy::read(&out.path().join(format!("{}.probs.npy", case.stem())));
+    let expected_probs = Npy::read(expected_probs);
+    assert_eq!(
+        probs.shape, expected_probs.shape,
+        "{}: probs shape",
+        case.name
+    );
+    assert_eq!(probs.shape, [case.classes.len(), height, width]);
+    let max_difference = probs
+        .f32s()
+        .iter()
+        .zip(expected_probs.f32s())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    (agreement, max_difference)
+}
 
 #[test]
 fn every_fixture_case_matches_the_reference() {
@@ -18,56 +81,9 @@ fn every_fixture_case_matches_the_reference() {
     );
     let mut failures = Vec::new();
     for case in &cases {
-        let out = tempfile::tempdir().unwrap();
-        let output = sclip().args(case.args(out.path())).output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}: sclip failed: {}",
-            case.name,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            stdout.contains(&format!("{}x{}", case.width, case.height)),
-            "{}: the report line names the size: {stdout}",
-            case.name
-        );
-
-        let (width, height, labels) =
-            read_label_png(&out.path().join(format!("{}.png", case.stem())));
-        assert_eq!(
-            (width, height),
-            (case.width, case.height),
-            "{}: mask size",
-            case.name
-        );
-        let expected_labels = Npy::read(&case.labels);
-        assert_eq!(expected_labels.shape, [height, width]);
-        let expected_labels = expected_labels.u8s();
-        let agreeing = labels
-            .iter()
-            .zip(&expected_labels)
-            .filter(|(a, b)| a == b)
-            .count();
-        let agreement = agreeing as f64 / labels.len() as f64;
-
-        let probs = Npy::read(&out.path().join(format!("{}.probs.npy", case.stem())));
-        let expected_probs = Npy::read(&case.probs);
-        assert_eq!(
-            probs.shape, expected_probs.shape,
-            "{}: probs shape",
-            case.name
-        );
-        assert_eq!(probs.shape, [case.classes.len(), height, width]);
-        let max_difference = probs
-            .f32s()
-            .iter()
-            .zip(expected_probs.f32s())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-
+        let (agreement, max_difference) = agreement(case, &[], &case.labels, &case.probs);
         println!(
-            "{:<14} {width}x{height} labels agree on {:.4}% of pixels, max |prob diff| {max_difference:.2e}",
+            "{:<14} labels agree on {:.4}% of pixels, max |prob diff| {max_difference:.2e}",
             case.name,
             100.0 * agreement
         );
@@ -78,6 +94,52 @@ fn every_fixture_case_matches_the_reference() {
             ));
         }
     }
+    assert!(
+        failures.is_empty(),
+        "disagreements with the reference:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Every other head (`--method`) and CSA projection (`--csa-proj`) of spec section 8 gives the
+/// reference's outputs for it (tests/fixtures/heads/heads.json, written by
+/// `make_fixtures.py --heads`), within the same bounds as SCLIP's own.
+#[test]
+fn every_head_and_csa_projection_matches_the_reference() {
+    let manifest: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("heads/heads.json")).expect("heads.json"),
+    )
+    .expect("heads.json is JSON");
+    let cases = cases();
+    let mut failures = Vec::new();
+    for head in &manifest {
+        let field = |name: &str| {
+            head[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} in {head}"))
+        };
+        let case = cases
+            .iter()
+            .find(|case| case.name == field("case"))
+            .unwrap_or_else(|| panic!("no case {}", field("case")));
+        let (method, projection) = (field("method"), field("csa_proj"));
+        let (agreement, max_difference) = agreement(
+            case,
+            &["--method", method, "--csa-proj", projection],
+            &common::fixtures().join(field("labels")),
+            &common::fixtures().join(field("probs")),
+        );
+        println!(
+            "{method:<9} {projection:<8} labels agree on {:.4}% of pixels, max |prob diff| {max_difference:.2e}",
+            100.0 * agreement
+        );
+        if agreement < MIN_LABEL_AGREEMENT || max_difference > MAX_PROB_DIFFERENCE {
+            failures.push(format!(
+                "{method} {projection}: label agreement {agreement:.5}, max prob diff {max_difference:.2e}"
+            ));
+        }
+    }
+    assert_eq!(manifest.len(), 7, "four peers and three projections");
     assert!(
         failures.is_empty(),
         "disagreements with the reference:\n{}",

@@ -337,7 +337,7 @@ impl CustomOp1 for MultiHeadAttention<'_> {
                     for (index, gram) in maps.iter().enumerate() {
                         let (a, b) = match gram {
                             Gram::QueryKey => (q, k),
-                            Gram::QueryQuery => (q, q),
+                            Gram::QueryQuery | Gram::InputInput => (q, q),
                             Gram::KeyKey => (k, k),
                         };
                         let map = if index == 0 { &mut *sum } else { &mut *next };
@@ -959,7 +959,7 @@ mod tests {
                         for gram in maps {
                             let (x, y) = match gram {
                                 Gram::QueryKey => (0, 1),
-                                Gram::QueryQuery => (0, 0),
+                                Gram::QueryQuery | Gram::InputInput => (0, 0),
                                 Gram::KeyKey => (1, 1),
                             };
                             for (sum_row, row) in sum.iter_mut().zip(map(x, y)) {

@@ -3,7 +3,7 @@
 //! candle's ops.
 
 use anyhow::{Context, Result};
-use candle_core::{Module, Tensor};
+use candle_core::{Module, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::model::config::{Activation, TowerConfig};
@@ -21,6 +21,8 @@ pub enum Gram {
     QueryQuery,
     /// k k^T
     KeyKey,
+    /// y_h y_h^T, with y = ln1(x) before any projection (SCLIP's `identity` CSA ablation).
+    InputInput,
 }
 
 /// A term added to a map's scaled logits before its softmax; it is not scaled.
@@ -67,6 +69,26 @@ pub enum Mixing {
         maps: &'static [Gram],
         bias: Option<LogitBias>,
     },
+}
+
+impl Mixing {
+    /// Whether a map multiplies the block's input rather than its projections.
+    pub fn reads_the_input(&self) -> bool {
+        match self {
+            Mixing::Identity => false,
+            Mixing::Softmax { maps, .. } => {
+                let reads = maps.contains(&Gram::InputInput);
+                debug_assert!(
+                    !reads
+                        || !maps
+                            .iter()
+                            .any(|gram| matches!(gram, Gram::QueryKey | Gram::QueryQuery)),
+                    "a mixing reads the input or the queries, not both"
+                );
+                reads
+            }
+        }
+    }
 }
 
 /// A linear layer run as one GEMM over every row of its input (all windows' or prompts' tokens
@@ -262,7 +284,17 @@ impl EncoderLayer {
     /// The attention of `ln1(xs)` as `mixing` mixes it, heads merged: batch x tokens x hidden.
     /// `bias` is the mixing's logit bias as a tokens x tokens matrix, if it has one.
     fn attend(&self, xs: &Tensor, mixing: Mixing, bias: Option<&[f32]>) -> Result<Tensor> {
-        let qkv = self.qkv.forward(&self.layer_norm1.forward(xs)?)?;
+        let input = self.layer_norm1.forward(xs)?;
+        let mut qkv = self.qkv.forward(&input)?;
+        if mixing.reads_the_input() {
+            // The input takes the queries' place, so every path below reads y_h where it reads
+            // q_h; a mixing that reads the input reads no queries.
+            let hidden = input.dim(D::Minus1)?;
+            qkv = Tensor::cat(
+                &[&input, &qkv.narrow(D::Minus1, hidden, 2 * hidden)?],
+                D::Minus1,
+            )?;
+        }
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         if cpu_kernels::applies(&qkv) {
             return Ok(cpu_kernels::attention(
@@ -294,7 +326,7 @@ impl EncoderLayer {
                 for gram in maps {
                     let (a, b) = match gram {
                         Gram::QueryKey => (&q, &k),
-                        Gram::QueryQuery => (&q, &q),
+                        Gram::QueryQuery | Gram::InputInput => (&q, &q),
                         Gram::KeyKey => (&k, &k),
                     };
                     let mut logits = (a.matmul(&b.t()?)? * scale)?;

@@ -3,6 +3,7 @@
 
     python tests/reference/make_fixtures.py            # writes tests/fixtures/ and assets/
     python tests/reference/make_fixtures.py --full-size DIR   # random full ViT-B/16 (benchmarks)
+    python tests/reference/make_fixtures.py --heads           # tests/fixtures/heads/ only
     python tests/reference/make_fixtures.py --full-size DIR --tokenizer tests/fixtures/model/tokenizer.json
                                            # the same without open_clip (e.g. on a GPU machine)
 
@@ -16,6 +17,8 @@ Outputs (relative to the repository root):
   tests/fixtures/expected/<case>.{labels,probs}.npy
   tests/fixtures/cases.json               manifest
   tests/fixtures/bf16.json                per case, how far PyTorch bf16 autocast moves the outputs
+  tests/fixtures/heads/                   (--heads only) spec section 8's other last blocks and CSA
+                                          projections on the astronaut case, heads.json manifest
 
 Before writing the expected outputs the script runs self-checks (hand-written
 vision tower vs transformers, padded vs trimmed text, tokenizer.json vs
@@ -642,6 +645,198 @@ def bf16_limits():
         print(f"bf16 autocast {case['name']}: {limits[case['name']]}")
     (FIX / "bf16.json").write_text(json.dumps(limits, indent=2) + "\n")
 
+HEADS = [("clip", "qk"), ("maskclip", "qk"), ("clearclip", "qk"), ("naclip", "qk"),
+         ("sclip", "q"), ("sclip", "k"), ("sclip", "identity")]
+HEADS_CASE = "astronaut"
+
+
+def _explicit_last_block(vt: R.VisionTower, x: torch.Tensor, gh: int, gw: int, method: str,
+                         csa_proj: str) -> np.ndarray:
+    """Spec section 8 written out a second time, in float64 numpy, head by head, from the
+    block's tensors: x (1 x N x D, input of the last block) -> the block's output (N x D)."""
+    blk = {k: v.double().numpy() for k, v in vt.blocks[-1].items()}
+    x = x[0].double().numpy()
+    N, D = x.shape
+    H, d = vt.heads, vt.head_dim
+
+    def ln(z, w, b):
+        m = z.mean(-1, keepdims=True)
+        var = ((z - m) ** 2).mean(-1, keepdims=True)
+        return (z - m) / np.sqrt(var + vt.eps) * w + b
+
+    def softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(-1, keepdims=True)
+
+    y = ln(x, blk["layer_norm1.weight"], blk["layer_norm1.bias"])
+    q = y @ blk["self_attn.q_proj.weight"].T + blk["self_attn.q_proj.bias"]
+    k = y @ blk["self_attn.k_proj.weight"].T + blk["self_attn.k_proj.bias"]
+    v = y @ blk["self_attn.v_proj.weight"].T + blk["self_attn.v_proj.bias"]
+    s = 1.0 / math.sqrt(d)
+    omega = np.zeros((N, N))
+    pos = [(r, c) for r in range(gh) for c in range(gw)]
+    for i, (ri, ci) in enumerate(pos):
+        for j, (rj, cj) in enumerate(pos):
+            omega[1 + i, 1 + j] = math.exp(-((ri - rj) ** 2 + (ci - cj) ** 2) / (2 * 5.0 ** 2))
+    heads = []
+    for h in range(H):
+        sl = slice(h * d, (h + 1) * d)
+        qh, kh, vh, yh = q[:, sl], k[:, sl], v[:, sl], y[:, sl]
+        if method == "sclip":
+            a = {"qk": softmax(qh @ qh.T * s) + softmax(kh @ kh.T * s),
+                 "q": softmax(qh @ qh.T * s), "k": softmax(kh @ kh.T * s),
+                 "identity": softmax(yh @ yh.T * s)}[csa_proj]
+        elif method == "clip":
+            a = softmax(qh @ kh.T * s)
+        elif method == "maskclip":
+            a = np.eye(N)
+        elif method == "clearclip":
+            a = softmax(qh @ qh.T * s)
+        else:
+            a = softmax(kh @ kh.T * s + omega)
+        heads.append(a @ vh)
+    out = np.concatenate(heads, axis=1) @ blk["self_attn.out_proj.weight"].T \
+        + blk["self_attn.out_proj.bias"]
+    if method in ("clearclip", "naclip"):
+        return out
+    x = x + out
+    z = ln(x, blk["layer_norm2.weight"], blk["layer_norm2.bias"])
+    z = z @ blk["mlp.fc1.weight"].T + blk["mlp.fc1.bias"]
+    z = z * (1.0 / (1.0 + np.exp(-1.702 * z)))
+    return x + z @ blk["mlp.fc2.weight"].T + blk["mlp.fc2.bias"]
+
+
+def check_heads(ref: R.SclipReference):
+    """Sanity checks of the section-8 heads on the fixture model."""
+    vt = ref.vision
+    # NACLIP's Omega for a 2x3 grid
+    om = R.naclip_omega(2, 3)
+    print("check heads: NACLIP Omega for a 2x3 grid (class token first):")
+    for row in om.tolist():
+        print("   ", " ".join(f"{v:.6f}" for v in row))
+    assert om.shape == (7, 7) and om.dtype == torch.float32
+    assert not om[0].any() and not om[:, 0].any()
+    assert torch.equal(om[1:, 1:].diagonal(), torch.ones(6))
+    assert torch.equal(om, om.t())
+    # (0,0)-(0,1): distance^2 1; (0,0)-(1,2): 1 + 4 = 5; (0,2)-(1,0): 1 + 4 = 5
+    for (i, j), d2 in {(1, 2): 1, (1, 4): 1, (1, 5): 2, (1, 6): 5, (3, 4): 5, (1, 3): 4}.items():
+        assert abs(float(om[i, j]) - math.exp(-d2 / 50.0)) < 1e-7, (i, j, float(om[i, j]))
+
+    # every head against the explicit float64 version, on a non-square 2x3 and a 14x14 window
+    g = torch.Generator().manual_seed(11)
+    worst = 0.0
+    for (hgt, wid) in [(32, 48), (224, 224), (40, 60)]:
+        px = torch.randn(1, 3, hgt, wid, generator=g)
+        gh, gw = hgt // vt.patch, wid // vt.patch
+        with torch.no_grad():
+            states = vt.hidden_states(px, csa=False)
+            x_in = states[-2]
+            for method, proj in [("sclip", "qk")] + HEADS:
+                mine = vt.hidden_states(px, csa=True, method=method, csa_proj=proj)[-1][0]
+                assert torch.equal(vt.hidden_states(px, csa=True, method=method,
+                                                    csa_proj=proj)[-2], x_in)
+                spec = _explicit_last_block(vt, x_in, gh, gw, method, proj)
+                err = float(np.abs(mine.double().numpy() - spec).max() / np.abs(spec).max())
+                worst = max(worst, err)
+                assert err < 1e-5, (method, proj, hgt, wid, err)
+            # clip == the unmodified block (the path the transformers check validates)
+            assert torch.equal(vt.hidden_states(px, csa=True, method="clip")[-1], states[-1])
+            # attention matrices: rows sum to 2 for sclip qk, to 1 otherwise; maskclip: identity
+            blk = vt.blocks[-1]
+            for method, proj in [("sclip", "qk")] + HEADS:
+                a, v = vt.last_block_attention(blk, x_in, gh, gw, method, proj)
+                if method == "maskclip":
+                    assert a is None
+                    continue
+                n = 1 + gh * gw
+                assert a.shape == (1, vt.heads, n, n), a.shape
+                want = 2.0 if (method, proj) == ("sclip", "qk") else 1.0
+                assert float((a.sum(-1) - want).abs().max()) < 1e-5, (method, proj)
+            # maskclip == the block with an explicit identity attention matrix
+            h = torch.nn.functional.layer_norm(x_in, (vt.hidden,), blk["layer_norm1.weight"],
+                                               blk["layer_norm1.bias"], vt.eps)
+            _, _, v = vt._qkv(blk, h)
+            eye = torch.eye(v.shape[-2]).expand(1, vt.heads, -1, -1)
+            xm = x_in + vt._attn_out(blk, torch.matmul(eye, v))
+            xm = xm + vt._mlp(blk, xm)
+            mk = vt.hidden_states(px, csa=True, method="maskclip")[-1]
+            assert float((xm - mk).abs().max()) < 1e-5
+    print(f"check heads: every (method, csa_proj) == explicit float64 per-head version "
+          f"(windows 2x3, 14x14, 2x3 of 40x60 px), max rel |d| {worst:.2e}; attention rows sum "
+          f"to 2 (sclip qk) / 1 (others); maskclip == identity attention")
+    for bad in [("clip", "q"), ("naclip", "identity"), ("foo", "qk"), ("sclip", "v")]:
+        try:
+            R.check_method(*bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} accepted")
+
+
+def heads():
+    """Outputs of the other last blocks / CSA projections (spec section 8) for one committed
+    case: tests/fixtures/heads/. Uses only the committed fixtures; writes nothing else."""
+    ref = R.SclipReference(str(FIX / "model"))
+    check_heads(ref)
+    manifest = json.loads((FIX / "cases.json").read_text())
+    case = next(c for c in manifest if c["name"] == HEADS_CASE)
+    classes = [c.split("|") for c in case["classes"]]
+    if case.get("classes_file"):
+        assert R.read_classes_file(str(FIX / case["classes_file"])) == classes
+    img = FIX / case["image"]
+    exp_probs = np.load(FIX / case["probs"])
+    exp_labels = np.load(FIX / case["labels"])
+
+    def run(method, proj):
+        return ref.segment(str(img), classes,
+                           logit_scale=case["logit_scale"], prob_thd=case["prob_thd"],
+                           area_thd=case["area_thd"], short_side=case["short_side"],
+                           window=case["window"], stride=case["stride"],
+                           method=method, csa_proj=proj)
+
+    base = run("sclip", "qk")
+    assert base.probs.dtype == exp_probs.dtype and base.probs.shape == exp_probs.shape
+    assert np.array_equal(base.probs, exp_probs), float(np.abs(base.probs - exp_probs).max())
+    assert np.array_equal(base.labels.astype(np.uint8), exp_labels)
+    print(f"check heads: (sclip, qk) through the method/csa_proj path == committed "
+          f"{case['probs']} and {case['labels']}, bit for bit")
+
+    out_dir = FIX / "heads"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in out_dir.iterdir():
+        f.unlink()
+    entries, results = [], {("sclip", "qk"): base}
+    for method, proj in HEADS:
+        res = run(method, proj)
+        results[(method, proj)] = res
+        stem = f"{method}-{proj}"
+        probs_rel, labels_rel = f"heads/{stem}.probs.npy", f"heads/{stem}.labels.npy"
+        probs = res.probs.astype(np.float32)
+        labels = res.labels.astype(np.uint8)
+        assert probs.shape == exp_probs.shape and labels.shape == exp_labels.shape
+        np.save(FIX / probs_rel, probs)
+        np.save(FIX / labels_rel, labels)
+        d = float(np.abs(probs.astype(np.float64) - exp_probs).max())
+        agree = float((labels == exp_labels).mean())
+        frac = np.bincount(labels.ravel(), minlength=len(classes)) / labels.size
+        nt = near_tie_fraction(torch.from_numpy(probs))
+        print(f"heads {stem}: max|probs - sclip| {d:.4f}, labels equal to sclip's {agree:.3f}, "
+              f"label fractions {np.round(frac, 3).tolist()}, near ties {nt:.5f}")
+        entries.append({"method": method, "csa_proj": proj, "case": case["name"],
+                        "probs": probs_rel, "labels": labels_rel})
+    # every head is a different computation: all pairs of probability maps differ clearly
+    keys = list(results)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            d = float(np.abs(results[a].probs - results[b].probs).max())
+            assert d > 1e-2, (a, b, d)
+    assert float(np.abs(results[("clearclip", "qk")].probs - base.probs).max()) > 1e-2
+    print("check heads: every pair of the 8 (method, csa_proj) outputs differs (max|d| > 0.01)")
+    (out_dir / "heads.json").write_text(json.dumps(entries, indent=2) + "\n")
+    total = sum(f.stat().st_size for f in out_dir.iterdir())
+    print(f"wrote {len(entries)} heads to {out_dir} ({total / 1e6:.2f} MB)")
+    assert total < 3e6
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -652,11 +847,17 @@ def main():
                     "instead of building it, so open_clip is not needed")
     ap.add_argument("--bf16-limits", action="store_true",
                     help="only write tests/fixtures/bf16.json from the committed fixtures")
+    ap.add_argument("--heads", action="store_true",
+                    help="only write tests/fixtures/heads/ (spec section 8's other last blocks "
+                    "and CSA projections, case astronaut) from the committed fixtures")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.bf16_limits:
         bf16_limits()
+        return
+    if a.heads:
+        heads()
         return
     if a.full_size:
         full_size(Path(a.full_size), a.tokenizer)

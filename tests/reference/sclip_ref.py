@@ -170,6 +170,34 @@ def normalise(rgb: np.ndarray) -> torch.Tensor:
 # Vision tower (spec section 1), hand-written
 # --------------------------------------------------------------------------
 
+METHODS = ("sclip", "clip", "maskclip", "clearclip", "naclip")
+CSA_PROJS = ("qk", "q", "k", "identity")
+NACLIP_STD = 5.0
+
+
+def check_method(method: str, csa_proj: str):
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
+    if csa_proj not in CSA_PROJS:
+        raise ValueError(f"unknown csa_proj {csa_proj!r} (one of {', '.join(CSA_PROJS)})")
+    if csa_proj != "qk" and method != "sclip":
+        raise ValueError(f"csa_proj {csa_proj!r} applies to method sclip only, not {method!r}")
+
+
+def naclip_omega(gh: int, gw: int, std: float = NACLIP_STD) -> torch.Tensor:
+    """NACLIP's neighbourhood term, (1 + gh*gw) square, f32: for patch tokens i, j at
+    row-major grid positions (ri, ci), (rj, cj) of this window's gh x gw grid,
+    exp(-((ri - rj)^2 + (ci - cj)^2) / (2 std^2)) (computed in f64); 0 in the class
+    token's row and column."""
+    r = torch.arange(gh, dtype=torch.float64).repeat_interleave(gw)
+    c = torch.arange(gw, dtype=torch.float64).repeat(gh)
+    d2 = (r[:, None] - r[None, :]) ** 2 + (c[:, None] - c[None, :]) ** 2
+    n = gh * gw
+    out = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+    out[1:, 1:] = torch.exp(-d2 / (2.0 * std * std))
+    return out.float()
+
+
 class VisionTower:
     def __init__(self, config: dict, sd: Dict[str, torch.Tensor]):
         vc = config["vision_config"]
@@ -254,19 +282,54 @@ class VisionTower:
         x = x + self._attn_out(blk, torch.matmul(a, v))
         return x + self._mlp(blk, x)
 
-    def _csa_block(self, blk, x):
+    def last_block_attention(self, blk, x, gh: int, gw: int, method: str = "sclip",
+                             csa_proj: str = "qk") -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """Spec section 8: the last block's attention matrix A (B x heads x N x N, row softmax;
+        None for maskclip, whose attention is the identity) and the values v (B x heads x N x d)."""
+        check_method(method, csa_proj)
         h = F.layer_norm(x, (self.hidden,), blk["layer_norm1.weight"], blk["layer_norm1.bias"],
                          self.eps)
         q, k, v = self._qkv(blk, h)
-        scale = 1.0 / math.sqrt(self.head_dim)
-        a = (torch.softmax(torch.matmul(q, q.transpose(-1, -2)) * scale, dim=-1)
-             + torch.softmax(torch.matmul(k, k.transpose(-1, -2)) * scale, dim=-1))
-        x = x + self._attn_out(blk, torch.matmul(a, v))
+        s = 1.0 / math.sqrt(self.head_dim)
+
+        def sm(a, b):
+            return torch.softmax(torch.matmul(a, b.transpose(-1, -2)) * s, dim=-1)
+
+        if method == "sclip":
+            if csa_proj == "qk":
+                a = sm(q, q) + sm(k, k)
+            elif csa_proj == "q":
+                a = sm(q, q)
+            elif csa_proj == "k":
+                a = sm(k, k)
+            else:  # identity: head h's slice of y = ln1(x), no projection, no bias
+                B, N, _ = h.shape
+                y = h.view(B, N, self.heads, self.head_dim).transpose(1, 2)
+                a = sm(y, y)
+        elif method == "clip":
+            a = sm(q, k)
+        elif method == "maskclip":
+            a = None
+        elif method == "clearclip":
+            a = sm(q, q)
+        else:  # naclip: Omega added after the scaling, unscaled
+            omega = naclip_omega(gh, gw).to(dtype=k.dtype)
+            a = torch.softmax(torch.matmul(k, k.transpose(-1, -2)) * s + omega, dim=-1)
+        return a, v
+
+    def _last_block(self, blk, x, gh: int, gw: int, method: str, csa_proj: str):
+        a, v = self.last_block_attention(blk, x, gh, gw, method, csa_proj)
+        out = self._attn_out(blk, v if a is None else torch.matmul(a, v))
+        if method in ("clearclip", "naclip"):
+            return out  # residual AND mlp dropped
+        x = x + out
         return x + self._mlp(blk, x)
 
-    def hidden_states(self, pixels: torch.Tensor, csa: bool = True) -> List[torch.Tensor]:
+    def hidden_states(self, pixels: torch.Tensor, csa: bool = True, method: str = "sclip",
+                      csa_proj: str = "qk") -> List[torch.Tensor]:
         """Residual stream after embeddings+pre-LN (index 0) and after every
-        layer (index i+1). pixels: B x 3 x h x w (normalised)."""
+        layer (index i+1). pixels: B x 3 x h x w (normalised). With csa, the last
+        layer is the `method` / `csa_proj` block of spec section 8 (default: SCLIP's CSA)."""
         B = pixels.shape[0]
         x = F.conv2d(pixels, self.patch_w, stride=self.patch)  # B x D x gh x gw
         gh, gw = x.shape[-2:]
@@ -279,16 +342,17 @@ class VisionTower:
         states = [x]
         for i, blk in enumerate(self.blocks):
             if csa and i == self.layers - 1:
-                x = self._csa_block(blk, x)
+                x = self._last_block(blk, x, gh, gw, method, csa_proj)
             else:
                 x = self._standard_block(blk, x)
             states.append(x)
         return states
 
-    def features(self, pixels: torch.Tensor, csa: bool = True) -> Tuple[torch.Tensor, int, int]:
+    def features(self, pixels: torch.Tensor, csa: bool = True, method: str = "sclip",
+                 csa_proj: str = "qk") -> Tuple[torch.Tensor, int, int]:
         """B x (gh*gw) x proj, L2-normalised patch tokens (CLS dropped)."""
         gh, gw = pixels.shape[-2] // self.patch, pixels.shape[-1] // self.patch
-        x = self.hidden_states(pixels, csa=csa)[-1]
+        x = self.hidden_states(pixels, csa=csa, method=method, csa_proj=csa_proj)[-1]
         x = self._ln(x, self.post_ln)
         x = F.linear(x, self.proj)
         x = x[:, 1:]
@@ -376,7 +440,8 @@ def window_grid(H: int, W: int, window: int, stride: int) -> List[Tuple[int, int
 
 @torch.no_grad()
 def sliding_logits(vision: VisionTower, image: torch.Tensor, queries: torch.Tensor,
-                   window: int, stride: int, batch: int = 8) -> torch.Tensor:
+                   window: int, stride: int, batch: int = 8, method: str = "sclip",
+                   csa_proj: str = "qk") -> torch.Tensor:
     """image: 3 x H x W normalised; queries: Q x proj. Returns Q x H x W."""
     _, H, W = image.shape
     Q = queries.shape[0]
@@ -386,7 +451,7 @@ def sliding_logits(vision: VisionTower, image: torch.Tensor, queries: torch.Tens
     for s in range(0, len(wins), batch):
         chunk = wins[s:s + batch]
         crops = torch.stack([image[:, y1:y2, x1:x2] for (y1, y2, x1, x2) in chunk])
-        feats, gh, gw = vision.features(crops, csa=True)
+        feats, gh, gw = vision.features(crops, csa=True, method=method, csa_proj=csa_proj)
         logits = torch.matmul(feats, queries.t())  # B x gh*gw x Q
         logits = logits.transpose(1, 2).reshape(len(chunk), Q, gh, gw)
         logits = F.interpolate(logits, size=crops.shape[-2:], mode="bilinear",
@@ -467,7 +532,9 @@ class SclipReference:
                 logit_scale: float = DEFAULT_LOGIT_SCALE, prob_thd: float = DEFAULT_PROB_THD,
                 area_thd: Optional[float] = None, short_side: int = DEFAULT_SHORT_SIDE,
                 window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE,
-                trim_text: bool = False, batch: int = 8) -> Result:
+                trim_text: bool = False, batch: int = 8, method: str = "sclip",
+                csa_proj: str = "qk") -> Result:
+        check_method(method, csa_proj)
         t = {}
         t0 = time.perf_counter()
         queries, owner = self.queries(classes, trim=trim_text)
@@ -480,7 +547,8 @@ class SclipReference:
         t["preprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        logits = sliding_logits(self.vision, img, queries, window, stride, batch=batch)
+        logits = sliding_logits(self.vision, img, queries, window, stride, batch=batch,
+                                method=method, csa_proj=csa_proj)
         t["vision"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -510,6 +578,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--bf16", action="store_true",
                     help="run under torch.autocast('cpu', torch.bfloat16), as a PyTorch user on a "
                     "CPU with bf16 matrix units would")
+    ap.add_argument("--method", choices=METHODS, default="sclip",
+                    help="last vision block (spec section 8): sclip, clip, maskclip, clearclip, "
+                    "naclip")
+    ap.add_argument("--csa-proj", choices=CSA_PROJS, default="qk",
+                    help="with --method sclip: CSA's projections (qk, q, k, identity)")
     ap.add_argument("--out-probs")
     ap.add_argument("--out-labels")
     a = ap.parse_args(argv)
@@ -522,6 +595,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pass
     if bool(a.classes) == bool(a.classes_file):
         ap.error("give exactly one of --classes / --classes-file")
+    try:
+        check_method(a.method, a.csa_proj)
+    except ValueError as e:
+        ap.error(str(e))
     classes = parse_classes_arg(a.classes) if a.classes else read_classes_file(a.classes_file)
 
     t_start = time.perf_counter()
@@ -534,7 +611,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_load = time.perf_counter() - t0
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
         r = ref.segment(a.image, classes, a.logit_scale, a.prob_thd, a.area_thd, a.short_side,
-                        a.window, a.stride, trim_text=a.trim_text, batch=a.batch)
+                        a.window, a.stride, trim_text=a.trim_text, batch=a.batch,
+                        method=a.method, csa_proj=a.csa_proj)
     t0 = time.perf_counter()
     if a.out_probs:
         np.save(a.out_probs, r.probs)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use sclip::{Overrides, Settings, DEFAULT_MAX_PIXELS, DEFAULT_MODEL};
+use sclip::{LastBlock, Overrides, Settings, DEFAULT_MAX_PIXELS, DEFAULT_MODEL};
 
 use crate::jobs::{OutputOptions, OverlayFormat};
 
@@ -204,6 +204,14 @@ pub struct SegmentArgs {
     /// Floating-point type of the model's weights and activations.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub dtype: Precision,
+
+    /// What the last vision block computes: SCLIP's Correlative Self-Attention, or a peer's.
+    #[arg(long, value_enum, default_value_t = Method::Sclip)]
+    pub method: Method,
+
+    /// SCLIP's attention maps (its Table 2 ablation; --method sclip only).
+    #[arg(long, value_enum, default_value_t = CsaProjection::Qk, value_name = "PROJ")]
+    pub csa_proj: CsaProjection,
 }
 
 impl SegmentArgs {
@@ -218,7 +226,7 @@ impl SegmentArgs {
             prob_thd: self.prob_thd,
             area_thd: self.area_thd,
             keep_probs: Some(self.save_probs),
-            last_block: None,
+            last_block: Some(self.method.last_block(self.csa_proj)),
         }
     }
 
@@ -238,6 +246,51 @@ impl SegmentArgs {
 pub enum OverlayKind {
     Jpg,
     Png,
+}
+
+/// The last vision block: SCLIP's, or a training-free peer's (spec section 8).
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// SCLIP (Wang et al., ECCV 2024): softmax(qq^T) + softmax(kk^T), residual and MLP kept.
+    Sclip,
+    /// CLIP's unmodified block (Radford et al., ICML 2021): softmax(qk^T), the baseline.
+    Clip,
+    /// MaskCLIP (Zhou et al., ECCV 2022): each token keeps its own value.
+    Maskclip,
+    /// ClearCLIP (Lan et al., ECCV 2024): softmax(qq^T), no residual, no MLP.
+    Clearclip,
+    /// NACLIP (Hajimiri et al., WACV 2025): softmax(kk^T + Gaussian neighbourhood), no residual, no MLP.
+    Naclip,
+}
+
+/// The maps of SCLIP's Correlative Self-Attention.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CsaProjection {
+    /// softmax(qq^T) + softmax(kk^T), the paper's.
+    Qk,
+    /// softmax(qq^T) alone.
+    Q,
+    /// softmax(kk^T) alone.
+    K,
+    /// softmax(yy^T) of the block's input, no projection.
+    Identity,
+}
+
+impl Method {
+    /// The library's block for this method; `projection` only changes SCLIP's (the CLI refuses
+    /// it with another method before this is asked).
+    pub fn last_block(self, projection: CsaProjection) -> LastBlock {
+        match (self, projection) {
+            (Method::Sclip, CsaProjection::Qk) => LastBlock::SCLIP,
+            (Method::Sclip, CsaProjection::Q) => LastBlock::SCLIP_QUERY_ONLY,
+            (Method::Sclip, CsaProjection::K) => LastBlock::SCLIP_KEY_ONLY,
+            (Method::Sclip, CsaProjection::Identity) => LastBlock::SCLIP_NO_PROJECTION,
+            (Method::Clip, _) => LastBlock::CLIP,
+            (Method::Maskclip, _) => LastBlock::MASKCLIP,
+            (Method::Clearclip, _) => LastBlock::CLEARCLIP,
+            (Method::Naclip, _) => LastBlock::NACLIP,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

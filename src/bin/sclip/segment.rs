@@ -21,7 +21,7 @@ use sclip::{
     Settings,
 };
 
-use crate::args::{SegmentArgs, CLASSES_EXAMPLE};
+use crate::args::{CsaProjection, Method, SegmentArgs, CLASSES_EXAMPLE};
 use crate::inputs::{discover, read_path_list, WalkOptions};
 use crate::jobs::plan_jobs;
 use crate::report::{describe_text, text_json, Format, Outcome, Reporter, RunFacts};
@@ -45,6 +45,11 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     let classes = class_list(&args, preset).map_err(Failure::Usage)?;
     let settings = Settings::resolve(preset, &args.overrides())
         .map_err(|error| Failure::Usage(error.into()))?;
+    if args.csa_proj != CsaProjection::Qk && args.method != Method::Sclip {
+        return Err(Failure::Usage(anyhow!(
+            "--csa-proj changes SCLIP's attention only; drop it, or use --method sclip"
+        )));
+    }
     if !(0.0..=1.0).contains(&args.alpha) {
         return Err(Failure::Usage(anyhow!("--alpha must be between 0 and 1")));
     }
