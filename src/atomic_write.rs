@@ -174,13 +174,9 @@ fn temp_prefix(file_name: &OsStr) -> OsString {
     if 1 + file_name.len() + 1 + TEMP_RANDOM_LENGTH + TEMP_SUFFIX.len() <= NAME_MAX {
         prefix.push(file_name);
     } else {
-        let digest = Sha256::digest(file_name.as_encoded_bytes());
+        let digest = format!("{:x}", Sha256::digest(file_name.as_encoded_bytes()));
         prefix.push("sclip-");
-        let hex: String = digest[..8]
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        prefix.push(hex);
+        prefix.push(&digest[..16]);
     }
     prefix.push(".");
     prefix

@@ -545,7 +545,7 @@ fn verify(path: &Path, metadata: &Metadata) -> Result<()> {
             &mut hasher,
         )
         .with_context(|| format!("cannot read {}", path.display()))?;
-        let actual = hex(&hasher.finalize());
+        let actual = format!("{:x}", hasher.finalize());
         if !actual.eq_ignore_ascii_case(expected) {
             bail!(
                 "the download from {} has sha256 {actual} where the hub said {expected}; it was \
@@ -555,10 +555,6 @@ fn verify(path: &Path, metadata: &Metadata) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Clone, Copy)]

@@ -53,17 +53,25 @@ fn without_backtrace(message: &str) -> &str {
 /// or `\u{..}`, so that a file or class name cannot move the cursor, recolour or rewrite the
 /// terminal, or split one line of output into two.
 pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    replace_controls(text, |control| match control {
+        '\n' => "\\n".to_string(),
+        '\t' => "\\t".to_string(),
+        '\r' => "\\r".to_string(),
+        other => format!("\\u{{{:x}}}", u32::from(other)),
+    })
+}
+
+/// `text` with each control character replaced by what `escape` writes for it.
+pub fn replace_controls(text: &str, escape: impl Fn(char) -> String) -> Cow<'_, str> {
     if !text.chars().any(char::is_control) {
         return Cow::Borrowed(text);
     }
     let mut escaped = String::with_capacity(text.len() + 8);
     for character in text.chars() {
-        match character {
-            '\n' => escaped.push_str("\\n"),
-            '\t' => escaped.push_str("\\t"),
-            '\r' => escaped.push_str("\\r"),
-            c if c.is_control() => escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
-            c => escaped.push(c),
+        if character.is_control() {
+            escaped.push_str(&escape(character));
+        } else {
+            escaped.push(character);
         }
     }
     Cow::Owned(escaped)

@@ -16,7 +16,7 @@ use sclip::text::queries::{CacheUse, TextStats};
 use sclip::ClassList;
 
 use crate::jobs::Job;
-use crate::messages::{escape_controls, one_line, shown_path};
+use crate::messages::{escape_controls, one_line, replace_controls, shown_path};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -297,7 +297,10 @@ impl<'a> Reporter<'a> {
     fn print_stdout(&self, line: &str) {
         let line = match self.format {
             Format::Human => escape_controls(line),
-            Format::Json => json_escape_controls(line),
+            // serde_json escapes the others, and only strings can hold one.
+            Format::Json => {
+                replace_controls(line, |control| format!("\\u{:04x}", u32::from(control)))
+            }
         };
         let print = || {
             let mut stdout = std::io::stdout().lock();
@@ -318,23 +321,6 @@ impl<'a> Reporter<'a> {
             None => eprintln!("{line}"),
         }
     }
-}
-
-/// `line`, a JSON text, with every control character left raw written as a `\uXXXX` escape;
-/// serde_json escapes the others, and only strings can hold one.
-fn json_escape_controls(line: &str) -> Cow<'_, str> {
-    if !line.chars().any(char::is_control) {
-        return Cow::Borrowed(line);
-    }
-    let mut escaped = String::with_capacity(line.len() + 12);
-    for character in line.chars() {
-        if character.is_control() {
-            escaped.push_str(&format!("\\u{:04x}", u32::from(character)));
-        } else {
-            escaped.push(character);
-        }
-    }
-    Cow::Owned(escaped)
 }
 
 fn outputs(job: &Job) -> Value {
