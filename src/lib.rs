@@ -36,6 +36,7 @@ pub mod atomic_write;
 pub mod classes;
 pub mod interp;
 pub mod memory;
+pub mod methods;
 pub mod model;
 pub mod output;
 pub mod postprocess;
@@ -54,6 +55,7 @@ mod test_support;
 
 pub use candle_core::{DType, Device};
 pub use classes::{ClassList, ClassListError};
+pub use methods::{CsaProjection, Method};
 pub use model::{parse_device, DeviceError, Model, DEFAULT_MODEL};
 pub use postprocess::{PostprocessParams, Segmentation};
 pub use preprocess::{RgbImage, DEFAULT_MAX_PIXELS};

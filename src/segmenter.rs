@@ -12,6 +12,7 @@ use crate::preprocess::{
 use crate::settings::Settings;
 use crate::slide::{window_grid, LogitCanvas, Window};
 use crate::text::queries::ClassQueries;
+use crate::vision::LastBlock;
 
 /// A model, a class list's queries and the settings: everything needed per image.
 pub struct Segmenter<'m> {
@@ -21,6 +22,7 @@ pub struct Segmenter<'m> {
     queries_t: Tensor,
     queries: ClassQueries,
     settings: Settings,
+    last_block: LastBlock,
 }
 
 impl<'m> Segmenter<'m> {
@@ -29,6 +31,7 @@ impl<'m> Segmenter<'m> {
     pub fn new(model: &'m Model, queries: ClassQueries, settings: Settings) -> Result<Self> {
         settings.validate()?;
         settings.validate_for_patch(model.config().vision.patch_size)?;
+        let last_block = settings.method.last_block(settings.csa_projection)?;
         let queries_t = queries
             .matrix()
             .to_device(model.device())?
@@ -40,6 +43,7 @@ impl<'m> Segmenter<'m> {
             queries_t,
             queries,
             settings,
+            last_block,
         })
     }
 
@@ -150,7 +154,7 @@ impl<'m> Segmenter<'m> {
         }
         let vision = self.model.vision();
         let batch = Tensor::from_vec(batch, (crops.len(), 3, win_h, win_w), vision.device())?;
-        let features = vision.patch_features(&batch, &self.settings.last_block)?;
+        let features = vision.patch_features(&batch, &self.last_block)?;
         let (count, patches, dim) = features.dims3()?;
         let patch = vision.patch_size();
         let data = features

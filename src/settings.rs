@@ -1,11 +1,11 @@
 //! How an image is segmented, apart from the model and the classes: the resize, the sliding
-//! window, the batch, the post-processing and the last block. The defaults are the paper's
+//! window, the batch, the post-processing and the method (its last block). The defaults are the paper's
 //! (spec sections 3-5); a benchmark [`Preset`] sets its own resize and post-processing, and
 //! [`Overrides`] set any field over both.
 
+use crate::methods::{CsaProjection, Method, ProjectionNotSclip};
 use crate::postprocess::PostprocessParams;
 use crate::presets::Preset;
-use crate::vision::LastBlock;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -20,7 +20,9 @@ pub struct Settings {
     /// Keep the final per-class scores in each [`Segmentation`](crate::Segmentation).
     pub keep_probs: bool,
     /// What the vision tower's last block computes.
-    pub last_block: LastBlock,
+    pub method: Method,
+    /// SCLIP's attention maps (with [`Method::Sclip`] only).
+    pub csa_projection: CsaProjection,
 }
 
 impl Settings {
@@ -37,7 +39,8 @@ impl Settings {
             area_thd: None,
         },
         keep_probs: false,
-        last_block: LastBlock::SCLIP,
+        method: Method::Sclip,
+        csa_projection: CsaProjection::QueryKey,
     };
 
     /// The defaults with `preset`'s resize and post-processing, if given, and then every
@@ -64,7 +67,8 @@ impl Settings {
             prob_thd,
             area_thd,
             keep_probs,
-            last_block,
+            method,
+            csa_projection,
         } = *overrides;
         let post = &mut settings.postprocess;
         post.logit_scale = logit_scale.unwrap_or(post.logit_scale);
@@ -75,7 +79,8 @@ impl Settings {
         settings.stride = stride.unwrap_or(settings.stride);
         settings.batch_size = batch_size.unwrap_or(settings.batch_size);
         settings.keep_probs = keep_probs.unwrap_or(settings.keep_probs);
-        settings.last_block = last_block.unwrap_or(settings.last_block);
+        settings.method = method.unwrap_or(settings.method);
+        settings.csa_projection = csa_projection.unwrap_or(settings.csa_projection);
         settings.validate()?;
         Ok(settings)
     }
@@ -111,6 +116,9 @@ impl Settings {
                 return Err(SettingsError::NotAFraction(Setting::AreaThd));
             }
         }
+        self.method
+            .last_block(self.csa_projection)
+            .map_err(SettingsError::ProjectionNotSclip)?;
         Ok(())
     }
 
@@ -150,7 +158,8 @@ pub struct Overrides {
     pub prob_thd: Option<f32>,
     pub area_thd: Option<f32>,
     pub keep_probs: Option<bool>,
-    pub last_block: Option<LastBlock>,
+    pub method: Option<Method>,
+    pub csa_projection: Option<CsaProjection>,
 }
 
 /// A field of [`Settings`], as errors name it.
@@ -163,6 +172,7 @@ pub enum Setting {
     LogitScale,
     ProbThd,
     AreaThd,
+    CsaProjection,
 }
 
 impl Setting {
@@ -176,6 +186,7 @@ impl Setting {
             Setting::LogitScale => "logit_scale",
             Setting::ProbThd => "prob_thd",
             Setting::AreaThd => "area_thd",
+            Setting::CsaProjection => "csa_projection",
         }
     }
 }
@@ -198,6 +209,7 @@ pub enum SettingsError {
         value: usize,
         patch: usize,
     },
+    ProjectionNotSclip(ProjectionNotSclip),
 }
 
 impl SettingsError {
@@ -209,6 +221,7 @@ impl SettingsError {
             | SettingsError::NotAFraction(setting)
             | SettingsError::BelowPatch { setting, .. } => setting,
             SettingsError::StrideOutsideWindow { .. } => Setting::Stride,
+            SettingsError::ProjectionNotSclip(_) => Setting::CsaProjection,
         }
     }
 }
@@ -229,6 +242,7 @@ impl std::fmt::Display for SettingsError {
                 f,
                 "{name} {value} is smaller than the model's {patch}-pixel patch"
             ),
+            SettingsError::ProjectionNotSclip(error) => error.fmt(f),
         }
     }
 }

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use sclip::{LastBlock, Overrides, Settings, DEFAULT_MAX_PIXELS, DEFAULT_MODEL};
+use sclip::DEFAULT_MAX_PIXELS;
 
+use crate::engine::{ClassArgs, EngineArgs};
 use crate::jobs::{OutputOptions, OverlayFormat};
 
 /// The class list the usage messages suggest.
@@ -67,7 +68,7 @@ Exit status:
   128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).";
 
 /// "[default: 40, or the preset's]": a default that a preset may change, read from the library.
-fn preset_default(help: &str, default: impl std::fmt::Display) -> String {
+pub fn preset_default(help: &str, default: impl std::fmt::Display) -> String {
     format!("{help} [default: {default}, or the preset's]")
 }
 
@@ -95,28 +96,8 @@ pub struct SegmentArgs {
     #[arg(long, value_name = "K/N")]
     pub shard: Option<crate::inputs::Shard>,
 
-    /// Classes, comma-separated; a class's synonyms separated by '|': "person,car|automobile,road".
-    /// With thresholds, the first class is the background.
-    #[arg(short, long, value_name = "LIST", conflicts_with = "classes_file")]
-    pub classes: Option<String>,
-
-    /// File with one class per line, its names comma-separated; '#' starts a comment.
-    #[arg(long, value_name = "FILE")]
-    pub classes_file: Option<PathBuf>,
-
-    /// A benchmark's classes and settings (see `sclip presets`); the options given explicitly
-    /// override it.
-    #[arg(long, value_name = "NAME")]
-    pub preset: Option<String>,
-
-    /// Hugging Face repo id (downloaded once, then cached) or a local folder holding
-    /// config.json, tokenizer.json and model.safetensors (or pytorch_model.bin).
-    #[arg(short, long, default_value = DEFAULT_MODEL, value_name = "REPO|DIR")]
-    pub model: String,
-
-    /// Hub revision (branch, tag or commit) when --model is a repo id.
-    #[arg(long, default_value = "main", value_name = "REV")]
-    pub revision: String,
+    #[command(flatten)]
+    pub classes: ClassArgs,
 
     /// Folder for the outputs, mirroring the inputs' folders [default: beside each image].
     #[arg(short, long, value_name = "DIR")]
@@ -158,78 +139,11 @@ pub struct SegmentArgs {
     #[arg(short, long, conflicts_with = "quiet")]
     pub verbose: bool,
 
-    /// Neither read nor write the on-disk text query cache.
-    #[arg(long)]
-    pub no_cache: bool,
-
-    #[arg(long, value_name = "X", help = preset_default(
-        "Multiplies the cosine similarities before the softmax over class names",
-        Settings::DEFAULT.postprocess.logit_scale,
-    ))]
-    pub logit_scale: Option<f32>,
-
-    #[arg(long, value_name = "Y", help = preset_default(
-        "Pixels whose best class score is below this become class 0 (background)",
-        Settings::DEFAULT.postprocess.prob_thd,
-    ))]
-    pub prob_thd: Option<f32>,
-
-    /// Drop non-background classes covering at most this fraction of the non-background area
-    /// [default: off, or the preset's].
-    #[arg(long, value_name = "Z")]
-    pub area_thd: Option<f32>,
-
-    #[arg(long, value_name = "S", help = preset_default(
-        "Short side of the resized image (the long side is capped at 2048)",
-        Settings::DEFAULT.short_side,
-    ))]
-    pub short_side: Option<u32>,
-
-    /// Sliding-window size in pixels.
-    #[arg(long, default_value_t = Settings::DEFAULT.window, value_name = "W")]
-    pub window: usize,
-
-    /// Sliding-window stride in pixels.
-    #[arg(long, default_value_t = Settings::DEFAULT.stride, value_name = "T")]
-    pub stride: usize,
-
-    /// Windows per forward pass, taken across images (memory grows with it).
-    #[arg(long, default_value_t = Settings::DEFAULT.batch_size, value_name = "N")]
-    pub batch_size: usize,
-
-    /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu", value_name = "DEV")]
-    pub device: String,
-
-    /// Floating-point type of the model's weights and activations.
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub dtype: Precision,
-
-    /// What the last vision block computes: SCLIP's Correlative Self-Attention, or a peer's.
-    #[arg(long, value_enum, default_value_t = Method::Sclip)]
-    pub method: Method,
-
-    /// SCLIP's attention maps (its Table 2 ablation; --method sclip only).
-    #[arg(long, value_enum, default_value_t = CsaProjection::Qk, value_name = "PROJ")]
-    pub csa_proj: CsaProjection,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 impl SegmentArgs {
-    /// The settings given on the command line, to apply over a preset's.
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
-            short_side: self.short_side,
-            window: Some(self.window),
-            stride: Some(self.stride),
-            batch_size: Some(self.batch_size),
-            logit_scale: self.logit_scale,
-            prob_thd: self.prob_thd,
-            area_thd: self.area_thd,
-            keep_probs: Some(self.save_probs),
-            last_block: Some(self.method.last_block(self.csa_proj)),
-        }
-    }
-
     pub fn output_options(&self) -> OutputOptions {
         OutputOptions {
             out: self.out.clone(),
@@ -246,51 +160,6 @@ impl SegmentArgs {
 pub enum OverlayKind {
     Jpg,
     Png,
-}
-
-/// The last vision block: SCLIP's, or a training-free peer's (spec section 8).
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Method {
-    /// SCLIP (Wang et al., ECCV 2024): softmax(qq^T) + softmax(kk^T), residual and MLP kept.
-    Sclip,
-    /// CLIP's unmodified block (Radford et al., ICML 2021): softmax(qk^T), the baseline.
-    Clip,
-    /// MaskCLIP (Zhou et al., ECCV 2022): each token keeps its own value.
-    Maskclip,
-    /// ClearCLIP (Lan et al., ECCV 2024): softmax(qq^T), no residual, no MLP.
-    Clearclip,
-    /// NACLIP (Hajimiri et al., WACV 2025): softmax(kk^T + Gaussian neighbourhood), no residual, no MLP.
-    Naclip,
-}
-
-/// The maps of SCLIP's Correlative Self-Attention.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CsaProjection {
-    /// softmax(qq^T) + softmax(kk^T), the paper's.
-    Qk,
-    /// softmax(qq^T) alone.
-    Q,
-    /// softmax(kk^T) alone.
-    K,
-    /// softmax(yy^T) of the block's input, no projection.
-    Identity,
-}
-
-impl Method {
-    /// The library's block for this method; `projection` only changes SCLIP's (the CLI refuses
-    /// it with another method before this is asked).
-    pub fn last_block(self, projection: CsaProjection) -> LastBlock {
-        match (self, projection) {
-            (Method::Sclip, CsaProjection::Qk) => LastBlock::SCLIP,
-            (Method::Sclip, CsaProjection::Q) => LastBlock::SCLIP_QUERY_ONLY,
-            (Method::Sclip, CsaProjection::K) => LastBlock::SCLIP_KEY_ONLY,
-            (Method::Sclip, CsaProjection::Identity) => LastBlock::SCLIP_NO_PROJECTION,
-            (Method::Clip, _) => LastBlock::CLIP,
-            (Method::Maskclip, _) => LastBlock::MASKCLIP,
-            (Method::Clearclip, _) => LastBlock::CLEARCLIP,
-            (Method::Naclip, _) => LastBlock::NACLIP,
-        }
-    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]

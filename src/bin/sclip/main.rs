@@ -4,6 +4,7 @@
 //! happened ([`report`], [`messages`]).
 
 mod args;
+mod engine;
 mod inputs;
 mod jobs;
 mod messages;

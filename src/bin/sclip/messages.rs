@@ -100,6 +100,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::LogitScale => "--logit-scale",
         Setting::ProbThd => "--prob-thd",
         Setting::AreaThd => "--area-thd",
+        Setting::CsaProjection => "--csa-proj",
     }
 }
 
@@ -179,6 +180,11 @@ fn settings_message(error: &SettingsError) -> String {
         SettingsError::BelowPatch { value, patch, .. } => {
             format!("{flag} {value} is smaller than the model's {patch}-pixel patch")
         }
+        SettingsError::ProjectionNotSclip(error) => format!(
+            "{flag} changes SCLIP's attention only, not {}'s; drop {flag} {}, or use --method sclip",
+            error.method.name(),
+            error.projection.name()
+        ),
     }
 }
 

@@ -12,19 +12,13 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 
 use sclip::atomic_write::remove_temporaries_in_flight;
-use sclip::model::{resolve_model_with, ClipConfig, HubOptions};
-use sclip::presets::{self, Preset};
 use sclip::stream::{self, Ending, ImageFiles, StreamOptions};
-use sclip::text::cache::default_cache_dir;
-use sclip::{
-    parse_device, ClassList, ClassListError, Device, Model, QueryCache, QueryEncoder, Segmenter,
-    Settings,
-};
 
-use crate::args::{CsaProjection, Method, SegmentArgs, CLASSES_EXAMPLE};
+use crate::args::SegmentArgs;
+use crate::engine::Chatter;
 use crate::inputs::{discover, read_path_list, WalkOptions};
 use crate::jobs::plan_jobs;
-use crate::report::{describe_text, text_json, Format, Outcome, Reporter, RunFacts};
+use crate::report::{text_json, Format, Outcome, Reporter, RunFacts};
 use crate::writer::write_outputs;
 use crate::{Failure, EXIT_SIGNALLED};
 
@@ -36,24 +30,12 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     // Until the images start, a signal has nothing to let finish and quits at once.
     let streaming = Arc::new(AtomicBool::new(false));
     stop_on_signals(&stop, &signal, &streaming);
-    let preset = args
-        .preset
-        .as_deref()
-        .map(presets::find)
-        .transpose()
-        .map_err(Failure::Usage)?;
-    let classes = class_list(&args, preset).map_err(Failure::Usage)?;
-    let settings = Settings::resolve(preset, &args.overrides())
-        .map_err(|error| Failure::Usage(error.into()))?;
-    if args.csa_proj != CsaProjection::Qk && args.method != Method::Sclip {
-        return Err(Failure::Usage(anyhow!(
-            "--csa-proj changes SCLIP's attention only; drop it, or use --method sclip"
-        )));
-    }
+    let preset = args.classes.preset()?;
+    let classes = args.classes.class_list(preset).map_err(Failure::Usage)?;
+    let (settings, device) = args.engine.settings(preset, args.save_probs)?;
     if !(0.0..=1.0).contains(&args.alpha) {
         return Err(Failure::Usage(anyhow!("--alpha must be between 0 and 1")));
     }
-    let device = parse_device(&args.device).map_err(|error| Failure::Usage(error.into()))?;
     if let Some(out) = &args.out {
         check_out_folder(out).map_err(Failure::Usage)?;
     }
@@ -108,13 +90,21 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     let mut facts = RunFacts::default();
 
     // Everything that needs no model is settled; the model is loaded only if there is work.
+    let chatter = Chatter {
+        quiet: args.quiet,
+        verbose: args.verbose,
+    };
     let model = if to_run.is_empty() {
         None
     } else {
-        Some(load_model(&args, &device, &settings)?)
+        Some(args.engine.load_model(&device, &settings, chatter)?)
     };
     let segmenter = match &model {
-        Some(model) => Some(segmenter(&args, model, &classes, settings, &mut facts)?),
+        Some(model) => {
+            let segmenter = args.engine.segmenter(model, &classes, settings, chatter)?;
+            facts.text = text_json(segmenter.queries().stats());
+            Some(segmenter)
+        }
         None => None,
     };
     facts.setup_seconds = setup_started.elapsed().as_secs_f64();
@@ -175,25 +165,6 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     })
 }
 
-/// The model named by `--model`, once the settings are known to fit its patch size (read from
-/// its config before the weights, so that a usage error stays one).
-fn load_model(args: &SegmentArgs, device: &Device, settings: &Settings) -> Result<Model, Failure> {
-    let cannot_load = || format!("cannot load model {}", args.model);
-    let hub = HubOptions {
-        progress: !args.quiet,
-    };
-    let files = resolve_model_with(&args.model, &args.revision, hub).with_context(cannot_load)?;
-    let config = ClipConfig::from_file(&files.config).with_context(cannot_load)?;
-    settings
-        .validate_for_patch(config.vision.patch_size)
-        .map_err(|error| Failure::Usage(error.into()))?;
-    let model = Model::load(files, device, args.dtype.into()).with_context(cannot_load)?;
-    if let (true, Some(note)) = (args.verbose, model.compute_note()) {
-        eprintln!("sclip: {note}");
-    }
-    Ok(model)
-}
-
 /// `--out` must be a folder, or a path where one can be made.
 fn check_out_folder(out: &Path) -> Result<()> {
     let Some(existing) = out
@@ -216,34 +187,6 @@ fn check_out_folder(out: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The class queries (from the cache unless `--no-cache`) joined with the model and settings;
-/// records where the queries came from.
-fn segmenter<'m>(
-    args: &SegmentArgs,
-    model: &'m Model,
-    classes: &ClassList,
-    settings: Settings,
-    facts: &mut RunFacts,
-) -> Result<Segmenter<'m>> {
-    let cache = (!args.no_cache)
-        .then(default_cache_dir)
-        .flatten()
-        .map(QueryCache::new);
-    // The encoder, and the text tower with it, is dropped here: its memory goes to the windows.
-    let queries = QueryEncoder::new(model, cache).encode(classes)?;
-    let text_stats = queries.stats();
-    facts.text = text_json(text_stats);
-    if args.verbose {
-        eprintln!("sclip: {}", describe_text(text_stats));
-    } else if let (Some(error), false) = (&text_stats.store_error, args.quiet) {
-        eprintln!("sclip: warning: the text queries could not be cached: {error}");
-    }
-    if let (Some(file), false) = (&text_stats.damaged_file, args.quiet) {
-        eprintln!("sclip: warning: the damaged query cache file {file} was not used; encoded the queries again");
-    }
-    Segmenter::new(model, queries, settings)
 }
 
 /// Once `streaming` is set, the first SIGINT (Ctrl-C), SIGTERM or SIGHUP stops feeding the model
@@ -299,26 +242,6 @@ fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>, streaming: &
     });
     if let Err(err) = handler {
         eprintln!("sclip: warning: Ctrl-C will stop at once: {err}");
-    }
-}
-
-fn class_list(args: &SegmentArgs, preset: Option<&Preset>) -> Result<ClassList> {
-    match (&args.classes, &args.classes_file, preset) {
-        (Some(list), _, _) => ClassList::parse_inline(list).map_err(|error| {
-            let context = match error {
-                ClassListError::BlankName { .. } => format!("bad --classes {list:?}"),
-                ClassListError::Empty
-                | ClassListError::TooMany { .. }
-                | ClassListError::TooManyNames { .. }
-                | ClassListError::DuplicateName { .. } => "bad --classes".to_string(),
-            };
-            anyhow::Error::new(error).context(context)
-        }),
-        (None, Some(path), _) => ClassList::from_file(path),
-        (None, None, Some(preset)) => Ok(preset.classes()),
-        (None, None, None) => Err(anyhow!(
-            "name the classes to find: --classes {CLASSES_EXAMPLE:?}, --classes-file FILE or --preset NAME"
-        )),
     }
 }
 
