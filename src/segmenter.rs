@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 
 use crate::model::Model;
-use crate::postprocess::{postprocess, Segmentation};
+use crate::postprocess::{postprocess, postprocess_refined, Guide, Segmentation};
 use crate::preprocess::{
     normalize_chw, rescaled_size, resize_linear_opencv, RgbImage, MAX_LONG_SIDE,
 };
@@ -122,15 +122,41 @@ impl<'m> Segmenter<'m> {
 
     /// Post-processing once every window of the image is on its canvas.
     pub fn finish(&self, canvas: LogitCanvas, prepared: &PreparedImage) -> Segmentation {
-        postprocess(
-            &canvas.finish(),
-            self.queries.query_class(),
-            self.queries.classes().len(),
-            prepared.width,
-            prepared.height,
-            &self.settings.postprocess,
-            self.settings.keep_probs,
-        )
+        let logits = canvas.finish();
+        let (query_class, num_classes) = (self.queries.query_class(), self.queries.classes().len());
+        let Settings {
+            postprocess: params,
+            keep_probs,
+            ..
+        } = &self.settings;
+        match &self.settings.pamr {
+            None => postprocess(
+                &logits,
+                query_class,
+                num_classes,
+                prepared.width,
+                prepared.height,
+                params,
+                *keep_probs,
+            ),
+            Some(pamr) => {
+                let guide = Guide {
+                    pixels: &prepared.pixels,
+                    width: prepared.resized_w,
+                    height: prepared.resized_h,
+                };
+                postprocess_refined(
+                    &logits,
+                    guide,
+                    pamr,
+                    query_class,
+                    num_classes,
+                    (prepared.width, prepared.height),
+                    params,
+                    *keep_probs,
+                )
+            }
+        }
     }
 
     /// Runs same-sized windows (of one image or several) as one batch through the vision tower

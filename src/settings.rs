@@ -4,6 +4,7 @@
 //! [`Overrides`] set any field over both.
 
 use crate::methods::{CsaProjection, Method, ProjectionNotSclip};
+use crate::pamr::{Pamr, DEFAULT_DILATIONS};
 use crate::postprocess::PostprocessParams;
 use crate::presets::Preset;
 
@@ -17,6 +18,8 @@ pub struct Settings {
     /// Windows per forward pass, taken across images when a stream has several.
     pub batch_size: usize,
     pub postprocess: PostprocessParams,
+    /// Refine the logits at the original size before the softmax (spec section 7).
+    pub pamr: Option<Pamr>,
     /// Keep the final per-class scores in each [`Segmentation`](crate::Segmentation).
     pub keep_probs: bool,
     /// What the vision tower's last block computes.
@@ -38,6 +41,7 @@ impl Settings {
             prob_thd: 0.0,
             area_thd: None,
         },
+        pamr: None,
         keep_probs: false,
         method: Method::Sclip,
         csa_projection: CsaProjection::QueryKey,
@@ -69,6 +73,8 @@ impl Settings {
             keep_probs,
             method,
             csa_projection,
+            pamr_steps,
+            ref pamr_dilations,
         } = *overrides;
         let post = &mut settings.postprocess;
         post.logit_scale = logit_scale.unwrap_or(post.logit_scale);
@@ -81,6 +87,16 @@ impl Settings {
         settings.keep_probs = keep_probs.unwrap_or(settings.keep_probs);
         settings.method = method.unwrap_or(settings.method);
         settings.csa_projection = csa_projection.unwrap_or(settings.csa_projection);
+        let steps = pamr_steps.unwrap_or(0);
+        if steps == 0 && pamr_dilations.is_some() {
+            return Err(SettingsError::PamrOff);
+        }
+        settings.pamr = (steps > 0).then(|| Pamr {
+            steps,
+            dilations: pamr_dilations
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DILATIONS.to_vec()),
+        });
         settings.validate()?;
         Ok(settings)
     }
@@ -116,6 +132,11 @@ impl Settings {
                 return Err(SettingsError::NotAFraction(Setting::AreaThd));
             }
         }
+        if let Some(pamr) = &self.pamr {
+            if pamr.dilations.is_empty() || pamr.dilations.contains(&0) {
+                return Err(SettingsError::NotPositive(Setting::PamrDilations));
+            }
+        }
         self.method
             .last_block(self.csa_projection)
             .map_err(SettingsError::ProjectionNotSclip)?;
@@ -148,7 +169,7 @@ impl Default for Settings {
 }
 
 /// Settings given explicitly, which win over a preset's and the defaults.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
     pub short_side: Option<u32>,
     pub window: Option<usize>,
@@ -160,6 +181,10 @@ pub struct Overrides {
     pub keep_probs: Option<bool>,
     pub method: Option<Method>,
     pub csa_projection: Option<CsaProjection>,
+    /// PAMR's steps (0 turns it off).
+    pub pamr_steps: Option<usize>,
+    /// PAMR's dilations [default: 8 and 16]; only with steps.
+    pub pamr_dilations: Option<Vec<usize>>,
 }
 
 /// A field of [`Settings`], as errors name it.
@@ -173,6 +198,7 @@ pub enum Setting {
     ProbThd,
     AreaThd,
     CsaProjection,
+    PamrDilations,
 }
 
 impl Setting {
@@ -187,6 +213,7 @@ impl Setting {
             Setting::ProbThd => "prob_thd",
             Setting::AreaThd => "area_thd",
             Setting::CsaProjection => "csa_projection",
+            Setting::PamrDilations => "pamr_dilations",
         }
     }
 }
@@ -210,6 +237,8 @@ pub enum SettingsError {
         patch: usize,
     },
     ProjectionNotSclip(ProjectionNotSclip),
+    /// PAMR's dilations were given, but PAMR is off.
+    PamrOff,
 }
 
 impl SettingsError {
@@ -222,6 +251,7 @@ impl SettingsError {
             | SettingsError::BelowPatch { setting, .. } => setting,
             SettingsError::StrideOutsideWindow { .. } => Setting::Stride,
             SettingsError::ProjectionNotSclip(_) => Setting::CsaProjection,
+            SettingsError::PamrOff => Setting::PamrDilations,
         }
     }
 }
@@ -243,6 +273,7 @@ impl std::fmt::Display for SettingsError {
                 "{name} {value} is smaller than the model's {patch}-pixel patch"
             ),
             SettingsError::ProjectionNotSclip(error) => error.fmt(f),
+            SettingsError::PamrOff => write!(f, "{name} needs PAMR: give it at least one step"),
         }
     }
 }

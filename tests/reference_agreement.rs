@@ -147,6 +147,61 @@ fn every_head_and_csa_projection_matches_the_reference() {
     );
 }
 
+/// PAMR (`--pamr STEPS --pamr-dilations D,D`, spec section 7) gives the reference's outputs
+/// (tests/fixtures/pamr/pamr.json, written by `make_fixtures.py --pamr`), within the same
+/// bounds; one case has both thresholds, which then read the refined logits.
+#[test]
+fn pamr_matches_the_reference() {
+    let manifest: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("pamr/pamr.json")).expect("pamr.json"),
+    )
+    .expect("pamr.json is JSON");
+    let cases = cases();
+    let mut failures = Vec::new();
+    for run in &manifest {
+        let field = |name: &str| {
+            run[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} in {run}"))
+        };
+        let case = cases
+            .iter()
+            .find(|case| case.name == field("case"))
+            .unwrap_or_else(|| panic!("no case {}", field("case")));
+        let steps = run["steps"].to_string();
+        let dilations: Vec<String> = run["dilations"]
+            .as_array()
+            .expect("dilations")
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        let dilations = dilations.join(",");
+        let (agreement, max_difference) = agreement(
+            case,
+            &["--pamr", &steps, "--pamr-dilations", &dilations],
+            &common::fixtures().join(field("labels")),
+            &common::fixtures().join(field("probs")),
+        );
+        println!(
+            "{:<14} PAMR {steps} steps at {dilations}: labels agree on {:.4}% of pixels, max |prob diff| {max_difference:.2e}",
+            case.name,
+            100.0 * agreement
+        );
+        if agreement < MIN_LABEL_AGREEMENT || max_difference > MAX_PROB_DIFFERENCE {
+            failures.push(format!(
+                "{} PAMR {steps}: label agreement {agreement:.5}, max prob diff {max_difference:.2e}",
+                case.name
+            ));
+        }
+    }
+    assert_eq!(manifest.len(), 3);
+    assert!(
+        failures.is_empty(),
+        "disagreements with the reference:\n{}",
+        failures.join("\n")
+    );
+}
+
 /// `--dtype bf16` may stray from the reference no further than PyTorch's own bf16 autocast does
 /// on the same case (recorded by the fixture script in tests/fixtures/bf16.json): scores within
 /// twice its largest difference, labels within one point of its agreement.

@@ -4,6 +4,7 @@
     python tests/reference/make_fixtures.py            # writes tests/fixtures/ and assets/
     python tests/reference/make_fixtures.py --full-size DIR   # random full ViT-B/16 (benchmarks)
     python tests/reference/make_fixtures.py --heads           # tests/fixtures/heads/ only
+    python tests/reference/make_fixtures.py --pamr            # tests/fixtures/pamr/ only
     python tests/reference/make_fixtures.py --full-size DIR --tokenizer tests/fixtures/model/tokenizer.json
                                            # the same without open_clip (e.g. on a GPU machine)
 
@@ -19,6 +20,8 @@ Outputs (relative to the repository root):
   tests/fixtures/bf16.json                per case, how far PyTorch bf16 autocast moves the outputs
   tests/fixtures/heads/                   (--heads only) spec section 8's other last blocks and CSA
                                           projections on the astronaut case, heads.json manifest
+  tests/fixtures/pamr/                    (--pamr only) PAMR (spec section 7) on three cases,
+                                          pamr.json manifest
 
 Before writing the expected outputs the script runs self-checks (hand-written
 vision tower vs transformers, padded vs trimmed text, tokenizer.json vs
@@ -838,6 +841,47 @@ def heads():
     assert total < 3e6
 
 
+PAMR_RUNS = [("astronaut", 10, [8, 16]), ("coffee_voc", 10, [8, 16]), ("panorama", 3, [1, 4])]
+
+
+def pamr_fixtures():
+    """Outputs with PAMR (spec section 7) for a few committed cases: tests/fixtures/pamr/.
+    coffee_voc has both thresholds, so the refined logits also decide the area threshold."""
+    ref = R.SclipReference(str(FIX / "model"))
+    manifest = {c["name"]: c for c in json.loads((FIX / "cases.json").read_text())}
+    out_dir = FIX / "pamr"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in out_dir.iterdir():
+        f.unlink()
+    entries = []
+    for name, steps, dilations in PAMR_RUNS:
+        case = manifest[name]
+        classes = [c.split("|") for c in case["classes"]]
+        kwargs = dict(logit_scale=case["logit_scale"], prob_thd=case["prob_thd"],
+                      area_thd=case["area_thd"], short_side=case["short_side"],
+                      window=case["window"], stride=case["stride"])
+        res = ref.segment(str(FIX / case["image"]), classes, pamr_steps=steps,
+                          pamr_dilations=dilations, **kwargs)
+        plain = np.load(FIX / case["probs"])
+        stem = f"{name}-{steps}-{'-'.join(map(str, dilations))}"
+        probs_rel, labels_rel = f"pamr/{stem}.probs.npy", f"pamr/{stem}.labels.npy"
+        probs, labels = res.probs.astype(np.float32), res.labels.astype(np.uint8)
+        np.save(FIX / probs_rel, probs)
+        np.save(FIX / labels_rel, labels)
+        d = float(np.abs(probs - plain).max())
+        changed = float((labels != np.load(FIX / case["labels"])).mean())
+        nt = near_tie_fraction(torch.from_numpy(probs))
+        print(f"pamr {stem}: max|probs - without| {d:.4f}, labels changed {changed:.3f}, "
+              f"near ties {nt:.5f}")
+        assert d > 1e-2, "PAMR changes the scores"
+        entries.append({"case": name, "steps": steps, "dilations": dilations,
+                        "probs": probs_rel, "labels": labels_rel})
+    (out_dir / "pamr.json").write_text(json.dumps(entries, indent=2) + "\n")
+    total = sum(f.stat().st_size for f in out_dir.iterdir())
+    print(f"wrote {len(entries)} PAMR runs to {out_dir} ({total / 1e6:.2f} MB)")
+    assert total < 3e6
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--full-size", metavar="DIR", help="write a random full-size ViT-B/16 model "
@@ -850,6 +894,9 @@ def main():
     ap.add_argument("--heads", action="store_true",
                     help="only write tests/fixtures/heads/ (spec section 8's other last blocks "
                     "and CSA projections, case astronaut) from the committed fixtures")
+    ap.add_argument("--pamr", action="store_true",
+                    help="only write tests/fixtures/pamr/ (spec section 7's refinement on a few "
+                    "cases) from the committed fixtures")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -858,6 +905,9 @@ def main():
         return
     if a.heads:
         heads()
+        return
+    if a.pamr:
+        pamr_fixtures()
         return
     if a.full_size:
         full_size(Path(a.full_size), a.tokenizer)

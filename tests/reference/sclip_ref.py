@@ -462,13 +462,47 @@ def sliding_logits(vision: VisionTower, image: torch.Tensor, queries: torch.Tens
     return canvas / count
 
 
+def _shifted(x: torch.Tensor, dilations: Sequence[int], with_centre: bool) -> torch.Tensor:
+    """K x H x W -> K x P x H x W: x at p + o for every offset o of {-d, 0, d}^2 of each
+    dilation d (raster order, the centre only with `with_centre`), the border replicated."""
+    H, W = x.shape[-2:]
+    out = []
+    for d in dilations:
+        padded = F.pad(x.unsqueeze(0), [d, d, d, d], mode="replicate")[0]
+        for dy in (-d, 0, d):
+            for dx in (-d, 0, d):
+                if (dy, dx) == (0, 0) and not with_centre:
+                    continue
+                out.append(padded[:, d + dy:d + dy + H, d + dx:d + dx + W])
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def pamr(guide: torch.Tensor, mask: torch.Tensor, steps: int,
+         dilations: Sequence[int]) -> torch.Tensor:
+    """Spec section 7: guide 3 x H x W, mask Q x H x W (cosine logits) -> refined mask."""
+    std = _shifted(guide, dilations, True).std(dim=1, keepdim=True)  # unbiased, K x 1 x H x W
+    diff = -(guide.unsqueeze(1) - _shifted(guide, dilations, False)).abs() / (1e-8 + 0.1 * std)
+    weights = torch.softmax(diff.mean(dim=0), dim=0)  # P x H x W
+    for _ in range(steps):
+        mask = (_shifted(mask, dilations, False) * weights.unsqueeze(0)).sum(dim=1)
+    return mask
+
+
 @torch.no_grad()
 def postprocess(logits: torch.Tensor, out_hw: Tuple[int, int], class_of_query: Sequence[int],
                 num_classes: int, logit_scale: float, prob_thd: float,
-                area_thd: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """logits Q x H x W (resized image) -> (probs C x H0 x W0 f32, labels H0 x W0 int64)."""
+                area_thd: Optional[float], guide: Optional[torch.Tensor] = None,
+                pamr_steps: int = 0, pamr_dilations: Sequence[int] = (8, 16)
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """logits Q x H x W (resized image) -> (probs C x H0 x W0 f32, labels H0 x W0 int64).
+    With pamr_steps, `guide` is the normalised network input (3 x H x W)."""
     x = F.interpolate(logits.unsqueeze(0), size=out_hw, mode="bilinear",
                       align_corners=False)[0]
+    if pamr_steps:
+        g = F.interpolate(guide.unsqueeze(0), size=out_hw, mode="bilinear",
+                          align_corners=False)[0]
+        x = pamr(g, x, pamr_steps, pamr_dilations)
     p = torch.softmax(x * logit_scale, dim=0)
     idx = torch.as_tensor(list(class_of_query))
     probs = torch.stack([p[idx == c].max(dim=0).values for c in range(num_classes)])
@@ -533,7 +567,8 @@ class SclipReference:
                 area_thd: Optional[float] = None, short_side: int = DEFAULT_SHORT_SIDE,
                 window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE,
                 trim_text: bool = False, batch: int = 8, method: str = "sclip",
-                csa_proj: str = "qk") -> Result:
+                csa_proj: str = "qk", pamr_steps: int = 0,
+                pamr_dilations: Sequence[int] = (8, 16)) -> Result:
         check_method(method, csa_proj)
         t = {}
         t0 = time.perf_counter()
@@ -553,7 +588,8 @@ class SclipReference:
 
         t0 = time.perf_counter()
         probs, labels = postprocess(logits, (h0, w0), owner, len(classes), logit_scale,
-                                    prob_thd, area_thd)
+                                    prob_thd, area_thd, guide=img, pamr_steps=pamr_steps,
+                                    pamr_dilations=pamr_dilations)
         t["postprocess"] = time.perf_counter() - t0
         ldtype = np.uint8 if len(classes) <= 256 else np.uint16
         return Result(probs.numpy().astype(np.float32), labels.numpy().astype(ldtype), logits, t)
@@ -583,6 +619,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "naclip")
     ap.add_argument("--csa-proj", choices=CSA_PROJS, default="qk",
                     help="with --method sclip: CSA's projections (qk, q, k, identity)")
+    ap.add_argument("--pamr", type=int, default=0, metavar="STEPS",
+                    help="PAMR refinement steps (spec section 7; 0 = off)")
+    ap.add_argument("--pamr-dilations", default="8,16")
     ap.add_argument("--out-probs")
     ap.add_argument("--out-labels")
     a = ap.parse_args(argv)
@@ -612,7 +651,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
         r = ref.segment(a.image, classes, a.logit_scale, a.prob_thd, a.area_thd, a.short_side,
                         a.window, a.stride, trim_text=a.trim_text, batch=a.batch,
-                        method=a.method, csa_proj=a.csa_proj)
+                        method=a.method, csa_proj=a.csa_proj, pamr_steps=a.pamr,
+                        pamr_dilations=[int(d) for d in a.pamr_dilations.split(",")])
     t0 = time.perf_counter()
     if a.out_probs:
         np.save(a.out_probs, r.probs)

@@ -127,6 +127,15 @@ pub struct EngineArgs {
     ))]
     pub stride: Option<usize>,
 
+    /// Refine the logits with PAMR for this many steps at the original size (slower; 0 = off)
+    /// [default: 0, or the preset's authors' choice].
+    #[arg(long, value_name = "STEPS")]
+    pub pamr: Option<usize>,
+
+    /// PAMR's neighbourhood dilations, comma-separated [default: 8,16].
+    #[arg(long, value_name = "D,D", value_delimiter = ',')]
+    pub pamr_dilations: Option<Vec<usize>>,
+
     /// Windows per forward pass, taken across images (memory grows with it).
     #[arg(long, default_value_t = Settings::DEFAULT.batch_size, value_name = "N")]
     pub batch_size: usize,
@@ -161,6 +170,8 @@ impl EngineArgs {
             keep_probs: Some(keep_probs),
             method: Some(self.method),
             csa_projection: Some(self.csa_proj),
+            pamr_steps: self.pamr,
+            pamr_dilations: self.pamr_dilations.clone(),
         }
     }
 

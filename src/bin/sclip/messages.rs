@@ -101,6 +101,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::ProbThd => "--prob-thd",
         Setting::AreaThd => "--area-thd",
         Setting::CsaProjection => "--csa-proj",
+        Setting::PamrDilations => "--pamr-dilations",
     }
 }
 
@@ -185,6 +186,9 @@ fn settings_message(error: &SettingsError) -> String {
             error.method.name(),
             error.projection.name()
         ),
+        SettingsError::PamrOff => {
+            format!("{flag} needs PAMR on: add --pamr STEPS (10 is the authors' choice)")
+        }
     }
 }
 

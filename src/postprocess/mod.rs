@@ -12,6 +12,8 @@
 //! (no exp at all), and whole interpolation cells at once when the output is larger than the
 //! canvas and one class clearly wins at all four corners of the cell.
 
+mod refined;
+
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -20,6 +22,8 @@ use crate::interp::{linear_taps, LinearTap};
 #[cfg(test)]
 use crate::slide::QueryLogits;
 use crate::slide::{CanvasRows, CanvasShape};
+
+pub use refined::{postprocess_refined, Guide};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PostprocessParams {
@@ -97,20 +101,7 @@ fn postprocess_in_bands(
     keep_probs: bool,
     band_rows: usize,
 ) -> Segmentation {
-    assert!(
-        (1..=256).contains(&num_classes),
-        "labels are bytes: 1 to 256 classes, not {num_classes}"
-    );
-    assert_eq!(
-        query_class.len(),
-        logits.shape().queries,
-        "one class per query"
-    );
-    assert!(
-        query_class.iter().all(|&class| class < num_classes),
-        "query class out of range"
-    );
-    assert!(logits.shape().queries > 0, "no queries");
+    check_inputs(logits, query_class, num_classes);
     let scorer = Scorer::new(query_class, vec![false; num_classes]);
     let mut segmentation = Segmentation {
         width: out_width,
@@ -184,6 +175,23 @@ fn postprocess_in_bands(
         segmentation.class_pixels[usize::from(label)] += 1;
     }
     segmentation
+}
+
+fn check_inputs(logits: &impl CanvasRows, query_class: &[usize], num_classes: usize) {
+    assert!(
+        (1..=256).contains(&num_classes),
+        "labels are bytes: 1 to 256 classes, not {num_classes}"
+    );
+    assert_eq!(
+        query_class.len(),
+        logits.shape().queries,
+        "one class per query"
+    );
+    assert!(
+        query_class.iter().all(|&class| class < num_classes),
+        "query class out of range"
+    );
+    assert!(logits.shape().queries > 0, "no queries");
 }
 
 /// Canvas rows held at once: bands of about this many bytes of logits (at least the two rows
