@@ -65,7 +65,10 @@ pub fn refine(guide: &[f32], mask: Vec<f32>, size: RegionSize, pamr: &Pamr) -> V
     use rayon::prelude::*;
     let pixels = size.height * size.width;
     assert_eq!(guide.len(), 3 * pixels, "three guide channels");
-    assert!(pixels > 0 && mask.len().is_multiple_of(pixels), "a mask per pixel");
+    assert!(
+        pixels > 0 && mask.len().is_multiple_of(pixels),
+        "a mask per pixel"
+    );
     assert!(
         pamr.dilations.iter().all(|&d| d > 0),
         "dilations are positive"

@@ -7,6 +7,20 @@
 use anyhow::{anyhow, Result};
 
 use crate::classes::ClassList;
+use crate::methods::Method;
+
+/// A method's settings for one benchmark, as far as they map onto sclip's options.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    pub short_side: u32,
+    pub window: usize,
+    pub stride: usize,
+    pub logit_scale: f32,
+    pub prob_thd: f32,
+    pub area_thd: Option<f32>,
+    /// PAMR's steps (at dilations 8 and 16 in every published configuration); 0 = off.
+    pub pamr_steps: usize,
+}
 
 #[derive(Debug)]
 pub struct Preset {
@@ -15,10 +29,63 @@ pub struct Preset {
     pub description: &'static str,
     /// A class file whose line N is the dataset's label N, so label PNGs compare to ground truth.
     pub class_file: &'static str,
-    pub short_side: u32,
-    pub logit_scale: f32,
-    pub prob_thd: f32,
-    pub area_thd: Option<f32>,
+    /// SCLIP's configuration, which its paper also evaluates CLIP and MaskCLIP with.
+    pub sclip: Tuning,
+    pub naclip: Tuning,
+    pub clearclip: Tuning,
+}
+
+/// SCLIP's windows, without PAMR (wangf3014/SCLIP `clip_segmentor.py` defaults).
+const fn sclip(short_side: u32, logit_scale: f32, prob_thd: f32, area_thd: Option<f32>) -> Tuning {
+    Tuning {
+        short_side,
+        window: 224,
+        stride: 112,
+        logit_scale,
+        prob_thd,
+        area_thd,
+        pamr_steps: 0,
+    }
+}
+
+/// NACLIP's: SCLIP's windows, logit scale 40 throughout, no area threshold, and PAMR's 10
+/// steps on, as `naclip.py` defaults to (its paper's "no post-processing" rows are `--pamr 0`).
+const fn naclip(short_side: u32, prob_thd: f32) -> Tuning {
+    Tuning {
+        short_side,
+        window: 224,
+        stride: 112,
+        logit_scale: 40.0,
+        prob_thd,
+        area_thd: None,
+        pamr_steps: 10,
+    }
+}
+
+/// ClearCLIP's: logit scale 50 throughout, no area threshold, no PAMR.
+const fn clearclip(short_side: u32, window: usize, stride: usize, prob_thd: f32) -> Tuning {
+    Tuning {
+        short_side,
+        window,
+        stride,
+        logit_scale: 50.0,
+        prob_thd,
+        area_thd: None,
+        pamr_steps: 0,
+    }
+}
+
+/// Where each method's settings come from: its authors' public configurations,
+/// `configs/cfg_<benchmark>.py` in each repository at the commit named. Neither NACLIP nor
+/// ClearCLIP publishes a COCO-Stuff 10k configuration: theirs are their COCO-Stuff 164k ones.
+pub fn tuning_source(method: Method) -> &'static str {
+    match method {
+        Method::Sclip | Method::Clip | Method::MaskClip => {
+            "wangf3014/SCLIP@b56bd30 configs/cfg_*.py (SCLIP's Table 1 runs CLIP and MaskCLIP in the same pipeline)"
+        }
+        Method::NaClip => "sinahmr/NACLIP@0cac3a6 configs/cfg_*.py and naclip.py (PAMR 10 steps, dilations 8,16)",
+        Method::ClearClip => "mc-lan/ClearCLIP@ad68a40 configs/cfg_*.py and clearclip_segmentor.py",
+    }
 }
 
 pub const PRESETS: &[Preset] = &[
@@ -26,82 +93,73 @@ pub const PRESETS: &[Preset] = &[
         name: "voc21",
         description: "PASCAL VOC 2012, 20 objects + background",
         class_file: include_str!("../assets/presets/voc21.txt"),
-        short_side: 336,
-        logit_scale: 65.0,
-        prob_thd: 0.1,
-        area_thd: Some(0.1),
+        sclip: sclip(336, 65.0, 0.1, Some(0.1)),
+        naclip: naclip(336, 0.1),
+        clearclip: clearclip(448, 448, 224, 0.5),
     },
     Preset {
         name: "voc20",
         description: "PASCAL VOC 2012, 20 objects",
         class_file: include_str!("../assets/presets/voc20.txt"),
-        short_side: 336,
-        logit_scale: 40.0,
-        prob_thd: 0.0,
-        area_thd: None,
+        sclip: sclip(336, 40.0, 0.0, None),
+        naclip: naclip(336, 0.0),
+        clearclip: clearclip(448, 448, 224, 0.0),
     },
     Preset {
         name: "context60",
         description: "PASCAL Context, 59 classes + background",
         class_file: include_str!("../assets/presets/context60.txt"),
-        short_side: 336,
-        logit_scale: 50.0,
-        prob_thd: 0.1,
-        area_thd: None,
+        sclip: sclip(336, 50.0, 0.1, None),
+        naclip: naclip(336, 0.1),
+        clearclip: clearclip(448, 448, 224, 0.15),
     },
     Preset {
         name: "context59",
         description: "PASCAL Context, 59 classes",
         class_file: include_str!("../assets/presets/context59.txt"),
-        short_side: 336,
-        logit_scale: 40.0,
-        prob_thd: 0.0,
-        area_thd: None,
+        sclip: sclip(336, 40.0, 0.0, None),
+        naclip: naclip(336, 0.0),
+        clearclip: clearclip(448, 448, 224, 0.0),
     },
     Preset {
         name: "coco_object",
         description: "COCO-Object, 80 objects + background",
         class_file: include_str!("../assets/presets/coco_object.txt"),
-        short_side: 336,
-        logit_scale: 50.0,
-        prob_thd: 0.1,
-        area_thd: None,
+        sclip: sclip(336, 50.0, 0.1, None),
+        naclip: naclip(336, 0.1),
+        clearclip: clearclip(448, 448, 224, 0.4),
     },
     Preset {
         name: "coco_stuff164k",
         description: "COCO-Stuff 164k, 80 things + 91 stuff",
         class_file: include_str!("../assets/presets/coco_stuff164k.txt"),
-        short_side: 448,
-        logit_scale: 40.0,
-        prob_thd: 0.0,
-        area_thd: None,
+        sclip: sclip(448, 40.0, 0.0, None),
+        naclip: naclip(336, 0.0),
+        clearclip: clearclip(448, 448, 224, 0.0),
     },
     Preset {
         name: "coco_stuff10k",
         description: "COCO-Stuff 10k, 80 things + 91 stuff",
         class_file: include_str!("../assets/presets/coco_stuff10k.txt"),
-        short_side: 336,
-        logit_scale: 40.0,
-        prob_thd: 0.0,
-        area_thd: None,
+        sclip: sclip(336, 40.0, 0.0, None),
+        naclip: naclip(336, 0.0),
+        clearclip: clearclip(448, 448, 224, 0.0),
     },
     Preset {
         name: "cityscapes",
         description: "Cityscapes, 19 classes",
         class_file: include_str!("../assets/presets/cityscapes.txt"),
-        short_side: 560,
-        logit_scale: 40.0,
-        prob_thd: 0.0,
-        area_thd: None,
+        sclip: sclip(560, 40.0, 0.0, None),
+        naclip: naclip(560, 0.0),
+        clearclip: clearclip(448, 224, 224, 0.0),
     },
     Preset {
         name: "ade20k",
         description: "ADE20K, 150 classes",
         class_file: include_str!("../assets/presets/ade20k.txt"),
-        short_side: 336,
-        logit_scale: 40.0,
-        prob_thd: 0.0,
-        area_thd: None,
+        sclip: sclip(336, 40.0, 0.0, None),
+        naclip: naclip(336, 0.0),
+        clearclip: clearclip(448, 448, 224, 0.0),
     },
 ];
 
@@ -121,6 +179,15 @@ pub fn find(name: &str) -> Result<&'static Preset> {
 }
 
 impl Preset {
+    /// `method`'s settings for this benchmark.
+    pub fn tuning(&self, method: Method) -> &Tuning {
+        match method {
+            Method::Sclip | Method::Clip | Method::MaskClip => &self.sclip,
+            Method::NaClip => &self.naclip,
+            Method::ClearClip => &self.clearclip,
+        }
+    }
+
     pub fn classes(&self) -> ClassList {
         // The files ship inside the binary and the tests parse every one, so failing is a bug.
         ClassList::parse_file_contents(self.class_file).unwrap_or_else(|err| {
@@ -170,11 +237,72 @@ mod tests {
         {
             assert_eq!(preset.name, name);
             assert_eq!(preset.classes().len(), classes, "{name}");
-            assert_eq!(preset.short_side, short_side, "{name}");
-            assert_eq!(preset.logit_scale, logit_scale, "{name}");
-            assert_eq!(preset.prob_thd, prob_thd, "{name}");
-            assert_eq!(preset.area_thd, area_thd, "{name}");
+            let tuning = preset.tuning(Method::Sclip);
+            assert_eq!(tuning.short_side, short_side, "{name}");
+            assert_eq!(tuning.logit_scale, logit_scale, "{name}");
+            assert_eq!(tuning.prob_thd, prob_thd, "{name}");
+            assert_eq!(tuning.area_thd, area_thd, "{name}");
+            assert_eq!(
+                (tuning.window, tuning.stride, tuning.pamr_steps),
+                (224, 112, 0)
+            );
             assert!(!preset.description.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn peers_use_their_authors_configs() {
+        // (name, NACLIP short side, prob_thd; ClearCLIP short side, window, stride, prob_thd),
+        // from the configs `tuning_source` names.
+        let table = [
+            ("voc21", 336, 0.1, 448, 448, 224, 0.5),
+            ("voc20", 336, 0.0, 448, 448, 224, 0.0),
+            ("context60", 336, 0.1, 448, 448, 224, 0.15),
+            ("context59", 336, 0.0, 448, 448, 224, 0.0),
+            ("coco_object", 336, 0.1, 448, 448, 224, 0.4),
+            ("coco_stuff164k", 336, 0.0, 448, 448, 224, 0.0),
+            ("coco_stuff10k", 336, 0.0, 448, 448, 224, 0.0),
+            ("cityscapes", 560, 0.0, 448, 224, 224, 0.0),
+            ("ade20k", 336, 0.0, 448, 448, 224, 0.0),
+        ];
+        for (name, na_short, na_prob, clear_short, clear_window, clear_stride, clear_prob) in table
+        {
+            let preset = find(name).unwrap();
+            let naclip = preset.tuning(Method::NaClip);
+            let expected = (na_short, 224, 112, 40.0, na_prob, None, 10);
+            let got = (
+                naclip.short_side,
+                naclip.window,
+                naclip.stride,
+                naclip.logit_scale,
+                naclip.prob_thd,
+                naclip.area_thd,
+                naclip.pamr_steps,
+            );
+            assert_eq!(got, expected, "naclip {name}");
+            let clear = preset.tuning(Method::ClearClip);
+            let expected = (
+                clear_short,
+                clear_window,
+                clear_stride,
+                50.0,
+                clear_prob,
+                None,
+                0,
+            );
+            let got = (
+                clear.short_side,
+                clear.window,
+                clear.stride,
+                clear.logit_scale,
+                clear.prob_thd,
+                clear.area_thd,
+                clear.pamr_steps,
+            );
+            assert_eq!(got, expected, "clearclip {name}");
+            for method in [Method::Clip, Method::MaskClip] {
+                assert_eq!(preset.tuning(method), preset.tuning(Method::Sclip));
+            }
         }
     }
 

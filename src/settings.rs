@@ -47,20 +47,26 @@ impl Settings {
         csa_projection: CsaProjection::QueryKey,
     };
 
-    /// The defaults with `preset`'s resize and post-processing, if given, and then every
-    /// override that is set; checked with [`Settings::validate`].
+    /// The defaults with `preset`'s settings for the method, if given, and then every override
+    /// that is set; checked with [`Settings::validate`].
     pub fn resolve(
         preset: Option<&Preset>,
         overrides: &Overrides,
     ) -> Result<Settings, SettingsError> {
         let mut settings = Settings::DEFAULT;
+        let method = overrides.method.unwrap_or(settings.method);
+        let mut preset_pamr_steps = None;
         if let Some(preset) = preset {
-            settings.short_side = preset.short_side;
+            let tuning = preset.tuning(method);
+            settings.short_side = tuning.short_side;
+            settings.window = tuning.window;
+            settings.stride = tuning.stride;
             settings.postprocess = PostprocessParams {
-                logit_scale: preset.logit_scale,
-                prob_thd: preset.prob_thd,
-                area_thd: preset.area_thd,
+                logit_scale: tuning.logit_scale,
+                prob_thd: tuning.prob_thd,
+                area_thd: tuning.area_thd,
             };
+            preset_pamr_steps = Some(tuning.pamr_steps);
         }
         let Overrides {
             short_side,
@@ -71,7 +77,7 @@ impl Settings {
             prob_thd,
             area_thd,
             keep_probs,
-            method,
+            method: _,
             csa_projection,
             pamr_steps,
             ref pamr_dilations,
@@ -85,9 +91,9 @@ impl Settings {
         settings.stride = stride.unwrap_or(settings.stride);
         settings.batch_size = batch_size.unwrap_or(settings.batch_size);
         settings.keep_probs = keep_probs.unwrap_or(settings.keep_probs);
-        settings.method = method.unwrap_or(settings.method);
+        settings.method = method;
         settings.csa_projection = csa_projection.unwrap_or(settings.csa_projection);
-        let steps = pamr_steps.unwrap_or(0);
+        let steps = pamr_steps.or(preset_pamr_steps).unwrap_or(0);
         if steps == 0 && pamr_dilations.is_some() {
             return Err(SettingsError::PamrOff);
         }
@@ -310,6 +316,63 @@ mod tests {
     }
 
     #[test]
+    fn a_preset_gives_each_method_its_authors_settings_and_pamr() {
+        let voc21 = presets::find("voc21").unwrap();
+        let with = |overrides: Overrides| Settings::resolve(Some(voc21), &overrides).unwrap();
+        let naclip = with(Overrides {
+            method: Some(Method::NaClip),
+            ..Overrides::default()
+        });
+        assert_eq!(naclip.postprocess.logit_scale, 40.0);
+        assert_eq!(naclip.postprocess.area_thd, None);
+        assert_eq!(
+            naclip.pamr,
+            Some(Pamr {
+                steps: 10,
+                dilations: vec![8, 16]
+            })
+        );
+        let clear = with(Overrides {
+            method: Some(Method::ClearClip),
+            window: Some(224),
+            ..Overrides::default()
+        });
+        assert_eq!(
+            (clear.short_side, clear.window, clear.stride),
+            (448, 224, 224)
+        );
+        assert_eq!(clear.postprocess.prob_thd, 0.5);
+        assert_eq!(clear.pamr, None);
+        let naclip_without_pamr = with(Overrides {
+            method: Some(Method::NaClip),
+            pamr_steps: Some(0),
+            ..Overrides::default()
+        });
+        assert_eq!(naclip_without_pamr.pamr, None);
+        let sclip_with_pamr = with(Overrides {
+            pamr_steps: Some(3),
+            pamr_dilations: Some(vec![2]),
+            ..Overrides::default()
+        });
+        assert_eq!(
+            sclip_with_pamr.pamr,
+            Some(Pamr {
+                steps: 3,
+                dilations: vec![2]
+            })
+        );
+        let no_preset = Settings::resolve(
+            None,
+            &Overrides {
+                method: Some(Method::NaClip),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(no_preset.pamr, None, "PAMR only from a preset or --pamr");
+    }
+
+    #[test]
     fn impossible_settings_name_their_field() {
         let refused = |overrides: Overrides| Settings::resolve(None, &overrides).unwrap_err();
         let error = refused(Overrides {
@@ -339,6 +402,25 @@ mod tests {
             ..Overrides::default()
         });
         assert_eq!(error, SettingsError::NotAFraction(Setting::AreaThd));
+        let error = refused(Overrides {
+            pamr_dilations: Some(vec![8]),
+            ..Overrides::default()
+        });
+        assert_eq!(error, SettingsError::PamrOff);
+        for dilations in [vec![], vec![8, 0]] {
+            let error = refused(Overrides {
+                pamr_steps: Some(1),
+                pamr_dilations: Some(dilations),
+                ..Overrides::default()
+            });
+            assert_eq!(error, SettingsError::NotPositive(Setting::PamrDilations));
+        }
+        let error = refused(Overrides {
+            method: Some(Method::MaskClip),
+            csa_projection: Some(CsaProjection::Query),
+            ..Overrides::default()
+        });
+        assert_eq!(error.setting(), Setting::CsaProjection);
         for (logit_scale, expected) in [
             (0.0, SettingsError::NotPositive(Setting::LogitScale)),
             (-40.0, SettingsError::NotPositive(Setting::LogitScale)),

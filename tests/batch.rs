@@ -593,6 +593,67 @@ fn presets_are_listed_printed_and_used() {
     assert_eq!(summary(&lines)["text"]["names"], 19);
 }
 
+/// With `--preset`, each method runs with its authors' settings for the benchmark, flags given
+/// explicitly win, and the `--json` summary says what was in force.
+#[test]
+fn a_preset_gives_each_method_its_authors_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings_of = |extra: &[&str]| {
+        let output = sclip()
+            .arg("segment")
+            .arg(fixture_image("small_window.png"))
+            .arg("--model")
+            .arg(fixture_model())
+            .args(["--preset", "voc21", "--json", "--out"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        summary(&json_lines(&output))["settings"].clone()
+    };
+    let sclip_settings = settings_of(&[]);
+    assert_eq!(sclip_settings["method"], "sclip");
+    assert_eq!(sclip_settings["logit_scale"], 65.0);
+    assert_eq!(sclip_settings["area_thd"], 0.1);
+    assert_eq!(sclip_settings["pamr"], 0);
+    let naclip = settings_of(&["--method", "naclip"]);
+    assert_eq!(naclip["logit_scale"], 40.0);
+    assert_eq!(naclip["prob_thd"], 0.1);
+    assert_eq!(naclip["area_thd"], serde_json::Value::Null);
+    assert_eq!(naclip["pamr"], 10);
+    assert_eq!(naclip["pamr_dilations"], serde_json::json!([8, 16]));
+    let clearclip = settings_of(&[
+        "--method",
+        "clearclip",
+        "--short-side",
+        "112",
+        "--pamr",
+        "2",
+    ]);
+    assert_eq!(clearclip["short_side"], 112);
+    assert_eq!(
+        (&clearclip["window"], &clearclip["stride"]),
+        (&448.into(), &224.into())
+    );
+    assert_eq!(clearclip["prob_thd"], 0.5);
+    assert_eq!(clearclip["pamr"], 2);
+    assert_eq!(settings_of(&["--method", "clip"])["logit_scale"], 65.0);
+
+    let output = sclip()
+        .args(["presets", "--method", "clearclip"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&output.stdout);
+    assert!(listing.contains("mc-lan/ClearCLIP"), "{listing}");
+    let cityscapes = listing
+        .lines()
+        .find(|line| line.starts_with("cityscapes"))
+        .unwrap();
+    let columns: Vec<&str> = cityscapes.split_whitespace().collect();
+    assert_eq!(columns[1..5], ["19", "448", "224", "224"], "{cityscapes}");
+}
+
 /// `x/../y/z.jpg` is `y/z.jpg`: it mirrors to `out/y/z.png`, not onto the place of `x/y/z.jpg`.
 #[test]
 fn listed_paths_with_dot_dot_mirror_to_the_file_they_name() {

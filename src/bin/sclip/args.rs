@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sclip::DEFAULT_MAX_PIXELS;
 
-use crate::engine::{ClassArgs, EngineArgs};
+use sclip::Method;
+
+use crate::engine::{method_parser, ClassArgs, EngineArgs};
 use crate::jobs::{OutputOptions, OverlayFormat};
 
 /// The class list the usage messages suggest.
@@ -38,6 +40,10 @@ pub enum Command {
     Presets {
         /// A preset's name, e.g. voc21.
         name: Option<String>,
+
+        /// List this method's settings for each benchmark.
+        #[arg(long, default_value = Method::Sclip.name(), value_parser = method_parser(), conflicts_with = "name")]
+        method: Method,
     },
 }
 

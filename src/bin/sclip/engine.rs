@@ -240,7 +240,7 @@ impl EngineArgs {
 }
 
 /// The methods by name, each with its paper in `--help`.
-fn method_parser() -> impl TypedValueParser<Value = Method> {
+pub fn method_parser() -> impl TypedValueParser<Value = Method> {
     let names = Method::ALL.map(|method| PossibleValue::new(method.name()).help(method.summary()));
     PossibleValuesParser::new(names)
         .map(|name| Method::from_name(&name).expect("clap only passes the names it was given"))

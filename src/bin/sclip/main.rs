@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(args) => segment::run(*args),
-        Command::Presets { name } => presets::list(name.as_deref()),
+        Command::Presets { name, method } => presets::list(name.as_deref(), method),
     };
     match result {
         Ok(code) => code,

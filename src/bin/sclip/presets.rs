@@ -1,40 +1,67 @@
 //! `sclip presets [NAME]`: the benchmark presets as a table, or one preset's class file.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use sclip::presets::{self, PRESETS};
+use sclip::Method;
 
 use crate::Failure;
 
-pub fn list(name: Option<&str>) -> Result<ExitCode, Failure> {
+pub fn list(name: Option<&str>, method: Method) -> Result<ExitCode, Failure> {
     match name {
         Some(name) => {
             let preset = presets::find(name).map_err(Failure::Usage)?;
-            print!("{}", preset.class_file);
+            write_stdout(preset.class_file);
         }
         None => {
-            println!(
-                "preset           classes  short side  logit scale  prob thd  area thd  dataset"
+            let mut table = String::new();
+            let _ = writeln!(
+                table,
+                "{} settings, from {}:",
+                method.name(),
+                presets::tuning_source(method)
+            );
+            let _ = writeln!(
+                table,
+                "preset           classes  short side  window  stride  logit scale  prob thd  area thd  pamr  dataset"
             );
             for preset in PRESETS {
-                let area = preset
+                let tuning = preset.tuning(method);
+                let area = tuning
                     .area_thd
                     .map_or_else(|| "-".to_string(), |a| a.to_string());
-                println!(
-                    "{:<16} {:>7}  {:>10}  {:>11}  {:>8}  {:>8}  {}",
+                let _ = writeln!(
+                    table,
+                    "{:<16} {:>7}  {:>10}  {:>6}  {:>6}  {:>11}  {:>8}  {:>8}  {:>4}  {}",
                     preset.name,
                     preset.classes().len(),
-                    preset.short_side,
-                    preset.logit_scale,
-                    preset.prob_thd,
+                    tuning.short_side,
+                    tuning.window,
+                    tuning.stride,
+                    tuning.logit_scale,
+                    tuning.prob_thd,
                     area,
+                    tuning.pamr_steps,
                     preset.description
                 );
             }
-            println!(
-                "\n`sclip presets NAME` prints a preset's class file; `--preset NAME` uses it."
+            let _ = writeln!(
+                table,
+                "\n`sclip presets NAME` prints a preset's class file; `--preset NAME` uses it, with \
+                 the --method's settings (`sclip presets --method M` lists them)."
             );
+            write_stdout(&table);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A reader that stops early (`sclip presets | head`) is not an error.
+fn write_stdout(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use sclip::memory::peak_rss_mib;
 use sclip::text::queries::{CacheUse, TextStats};
-use sclip::ClassList;
+use sclip::{ClassList, Settings};
 
 use crate::jobs::Job;
 use crate::messages::{escape_controls, one_line, replace_controls, shown_path};
@@ -59,6 +59,8 @@ pub struct RunFacts {
     /// Model loading and text queries, before the first image.
     pub setup_seconds: f64,
     pub text: Value,
+    /// What the images were segmented with ([`settings_json`]).
+    pub settings: Value,
 }
 
 pub struct Reporter<'a> {
@@ -258,6 +260,7 @@ impl<'a> Reporter<'a> {
                     "images_per_second": round_ms(per_second),
                     "setup_seconds": round_ms(facts.setup_seconds),
                     "text": facts.text,
+                    "settings": facts.settings,
                     "peak_rss_mib": peak_rss_mib().map(f64::round),
                 });
                 self.print_stdout(&line.to_string());
@@ -368,6 +371,29 @@ pub fn describe_text(stats: &TextStats) -> String {
         line.push_str(&format!(" (not cached: {error})"));
     }
     line
+}
+
+/// The settings in force, once a preset and the flags are resolved, as the flags name them:
+/// what a result was computed with, for scripts and for anyone comparing runs.
+pub fn settings_json(settings: &Settings) -> Value {
+    let post = &settings.postprocess;
+    json!({
+        "method": settings.method.name(),
+        "csa_proj": settings.csa_projection.name(),
+        "short_side": settings.short_side,
+        "window": settings.window,
+        "stride": settings.stride,
+        "logit_scale": as_written(post.logit_scale),
+        "prob_thd": as_written(post.prob_thd),
+        "area_thd": post.area_thd.map(as_written),
+        "pamr": settings.pamr.as_ref().map_or(0, |pamr| pamr.steps),
+        "pamr_dilations": settings.pamr.as_ref().map(|pamr| &pamr.dilations),
+    })
+}
+
+/// `0.1`, not the f32's exact `0.10000000149011612`.
+fn as_written(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::NAN)
 }
 
 /// The text queries in the `--json` summary.

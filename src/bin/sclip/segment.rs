@@ -18,7 +18,7 @@ use crate::args::SegmentArgs;
 use crate::engine::Chatter;
 use crate::inputs::{discover, read_path_list, WalkOptions};
 use crate::jobs::plan_jobs;
-use crate::report::{text_json, Format, Outcome, Reporter, RunFacts};
+use crate::report::{settings_json, text_json, Format, Outcome, Reporter, RunFacts};
 use crate::writer::write_outputs;
 use crate::{Failure, EXIT_SIGNALLED};
 
@@ -87,7 +87,10 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
         Format::Human
     };
     let show_progress = !args.quiet && std::io::stderr().is_terminal();
-    let mut facts = RunFacts::default();
+    let mut facts = RunFacts {
+        settings: settings_json(&settings),
+        ..RunFacts::default()
+    };
 
     // Everything that needs no model is settled; the model is loaded only if there is work.
     let chatter = Chatter {
