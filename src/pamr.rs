@@ -18,11 +18,19 @@ pub struct Pamr {
 /// SCLIP's (and NACLIP's) dilations.
 pub const DEFAULT_DILATIONS: [usize; 2] = [8, 16];
 
+/// More steps than anyone refines with (the authors use 10, and 50 for pictures): a typo's
+/// extra zeros would otherwise run for hours.
+pub const MAX_STEPS: usize = 1000;
+
+/// Neighbours farther apart than any image is wide are all the border pixel.
+pub const MAX_DILATION: usize = 1 << 16;
+
 impl Pamr {
     /// How far information travels in all the steps: the margin a region needs around the
     /// pixels it refines exactly.
     pub fn reach(&self) -> usize {
-        self.steps * self.dilations.iter().copied().max().unwrap_or(0)
+        self.steps
+            .saturating_mul(self.dilations.iter().copied().max().unwrap_or(0))
     }
 
     /// The neighbours' offsets (dy, dx): for each dilation, the 3 x 3 grid around the pixel in

@@ -4,7 +4,7 @@
 //! [`Overrides`] set any field over both.
 
 use crate::methods::{CsaProjection, Method, ProjectionNotSclip};
-use crate::pamr::{Pamr, DEFAULT_DILATIONS};
+use crate::pamr::{Pamr, DEFAULT_DILATIONS, MAX_DILATION, MAX_STEPS};
 use crate::postprocess::PostprocessParams;
 use crate::presets::Preset;
 
@@ -142,6 +142,20 @@ impl Settings {
             if pamr.dilations.is_empty() || pamr.dilations.contains(&0) {
                 return Err(SettingsError::NotPositive(Setting::PamrDilations));
             }
+            if pamr.steps > MAX_STEPS {
+                return Err(SettingsError::AboveLimit {
+                    setting: Setting::PamrSteps,
+                    value: pamr.steps,
+                    limit: MAX_STEPS,
+                });
+            }
+            if let Some(&value) = pamr.dilations.iter().find(|&&d| d > MAX_DILATION) {
+                return Err(SettingsError::AboveLimit {
+                    setting: Setting::PamrDilations,
+                    value,
+                    limit: MAX_DILATION,
+                });
+            }
         }
         self.method
             .last_block(self.csa_projection)
@@ -204,6 +218,7 @@ pub enum Setting {
     ProbThd,
     AreaThd,
     CsaProjection,
+    PamrSteps,
     PamrDilations,
 }
 
@@ -219,6 +234,7 @@ impl Setting {
             Setting::ProbThd => "prob_thd",
             Setting::AreaThd => "area_thd",
             Setting::CsaProjection => "csa_projection",
+            Setting::PamrSteps => "pamr_steps",
             Setting::PamrDilations => "pamr_dilations",
         }
     }
@@ -245,6 +261,11 @@ pub enum SettingsError {
     ProjectionNotSclip(ProjectionNotSclip),
     /// PAMR's dilations were given, but PAMR is off.
     PamrOff,
+    AboveLimit {
+        setting: Setting,
+        value: usize,
+        limit: usize,
+    },
 }
 
 impl SettingsError {
@@ -254,7 +275,8 @@ impl SettingsError {
             SettingsError::NotPositive(setting)
             | SettingsError::NotFinite(setting)
             | SettingsError::NotAFraction(setting)
-            | SettingsError::BelowPatch { setting, .. } => setting,
+            | SettingsError::BelowPatch { setting, .. }
+            | SettingsError::AboveLimit { setting, .. } => setting,
             SettingsError::StrideOutsideWindow { .. } => Setting::Stride,
             SettingsError::ProjectionNotSclip(_) => Setting::CsaProjection,
             SettingsError::PamrOff => Setting::PamrDilations,
@@ -280,6 +302,9 @@ impl std::fmt::Display for SettingsError {
             ),
             SettingsError::ProjectionNotSclip(error) => error.fmt(f),
             SettingsError::PamrOff => write!(f, "{name} needs PAMR: give it at least one step"),
+            SettingsError::AboveLimit { value, limit, .. } => {
+                write!(f, "{name} {value} is over the limit of {limit}")
+            }
         }
     }
 }
@@ -407,6 +432,20 @@ mod tests {
             ..Overrides::default()
         });
         assert_eq!(error, SettingsError::PamrOff);
+        let error = refused(Overrides {
+            pamr_steps: Some(10_000),
+            ..Overrides::default()
+        });
+        assert_eq!(
+            error.to_string(),
+            "pamr_steps 10000 is over the limit of 1000"
+        );
+        let error = refused(Overrides {
+            pamr_steps: Some(1),
+            pamr_dilations: Some(vec![8, usize::MAX]),
+            ..Overrides::default()
+        });
+        assert_eq!(error.setting(), Setting::PamrDilations);
         for dilations in [vec![], vec![8, 0]] {
             let error = refused(Overrides {
                 pamr_steps: Some(1),

@@ -370,3 +370,41 @@ fn a_csa_projection_with_another_method_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn pamr_settings_that_cannot_work_are_usage_errors() {
+    for (extra, expected) in [
+        (
+            &["--pamr-dilations", "4"][..],
+            "--pamr-dilations needs PAMR on",
+        ),
+        (
+            &["--pamr", "5000"][..],
+            "--pamr 5000 is over the limit of 1000",
+        ),
+        (
+            &["--pamr", "2", "--pamr-dilations", "8,0"][..],
+            "--pamr-dilations must be positive",
+        ),
+        (
+            &["--pamr", "2", "--pamr-dilations", "8,100000"][..],
+            "--pamr-dilations 100000 is over the limit of 65536",
+        ),
+    ] {
+        let mut args = vec![
+            sample_image(),
+            "--model".to_string(),
+            model(),
+            "--classes".to_string(),
+            "a,b".to_string(),
+        ];
+        args.extend(extra.iter().map(|arg| arg.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stderr) = run_into_empty_out(&args);
+        assert_eq!(code, Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains(expected) && stderr.trim_end().lines().count() == 1,
+            "{extra:?}: {stderr}"
+        );
+    }
+}

@@ -101,6 +101,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::ProbThd => "--prob-thd",
         Setting::AreaThd => "--area-thd",
         Setting::CsaProjection => "--csa-proj",
+        Setting::PamrSteps => "--pamr",
         Setting::PamrDilations => "--pamr-dilations",
     }
 }
@@ -186,6 +187,9 @@ fn settings_message(error: &SettingsError) -> String {
             error.method.name(),
             error.projection.name()
         ),
+        SettingsError::AboveLimit { value, limit, .. } => {
+            format!("{flag} {value} is over the limit of {limit}")
+        }
         SettingsError::PamrOff => {
             format!("{flag} needs PAMR on: add --pamr STEPS (10 is the authors' choice)")
         }
