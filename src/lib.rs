@@ -28,9 +28,9 @@
 //! The stages, in the order an image meets them: [`model`] finds and reads a checkpoint,
 //! [`classes`] and [`text`] turn class names (or a benchmark's [`presets`]) into queries,
 //! [`preprocess`] decodes and resizes, [`slide`] cuts windows and gathers their logits,
-//! [`vision`] computes patch features (its last block a [`LastBlock`]), [`postprocess`]
-//! produces the label map, and [`segmenter`] and [`stream`] drive them per image and per
-//! stream.
+//! [`vision`] computes patch features (its last block a [`LastBlock`], chosen by the
+//! [`Method`]), [`postprocess`] produces the label map (refining the logits with [`pamr`] when
+//! asked), and [`segmenter`] and [`stream`] drive them per image and per stream.
 
 pub mod atomic_write;
 pub mod classes;
