@@ -65,6 +65,19 @@ impl Segmentation {
     }
 }
 
+impl Segmentation {
+    /// All background, every count 0: to be filled in.
+    fn blank(width: usize, height: usize, num_classes: usize, keep_probs: bool) -> Self {
+        Segmentation {
+            width,
+            height,
+            labels: vec![0; width * height],
+            probs: keep_probs.then(|| vec![0.0; num_classes * width * height]),
+            class_pixels: vec![0; num_classes],
+        }
+    }
+}
+
 /// `query_class[q]` is the class of query q (synonyms: several queries map to one class; class
 /// 0 is the background). Resizes the queries x height x width logits to out_width x out_height
 /// and labels every pixel (see the module documentation and spec section 5).
@@ -103,13 +116,7 @@ fn postprocess_in_bands(
 ) -> Segmentation {
     check_inputs(logits, query_class, num_classes);
     let scorer = Scorer::new(query_class, vec![false; num_classes]);
-    let mut segmentation = Segmentation {
-        width: out_width,
-        height: out_height,
-        labels: vec![0; out_width * out_height],
-        probs: keep_probs.then(|| vec![0.0; num_classes * out_width * out_height]),
-        class_pixels: vec![0; num_classes],
-    };
+    let mut segmentation = Segmentation::blank(out_width, out_height, num_classes, keep_probs);
     if segmentation.labels.is_empty() {
         return segmentation;
     }

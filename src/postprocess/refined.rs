@@ -68,13 +68,7 @@ fn label_tiles(
 ) -> Segmentation {
     check_inputs(refiner.logits, query_class, num_classes);
     let (out_width, out_height) = refiner.out_size;
-    let mut segmentation = Segmentation {
-        width: out_width,
-        height: out_height,
-        labels: vec![0; out_width * out_height],
-        probs: keep_probs.then(|| vec![0.0; num_classes * out_width * out_height]),
-        class_pixels: vec![0; num_classes],
-    };
+    let mut segmentation = Segmentation::blank(out_width, out_height, num_classes, keep_probs);
     if segmentation.labels.is_empty() {
         return segmentation;
     }
