@@ -30,10 +30,11 @@
 //! [`preprocess`] decodes and resizes, [`slide`] cuts windows and gathers their logits,
 //! [`vision`] computes patch features (its last block a [`LastBlock`]), [`postprocess`]
 //! produces the label map, and [`segmenter`] and [`stream`] drive them per image and per
-//! stream.
+//! stream. [`eval`] measures the results against a benchmark's truth.
 
 pub mod atomic_write;
 pub mod classes;
+pub mod eval;
 pub mod interp;
 pub mod memory;
 pub mod methods;
