@@ -93,19 +93,10 @@ pub fn for_preset(name: &str) -> Option<Layout> {
 }
 
 impl Layout {
-    /// Where the files are, for `--help` and for errors that say what was expected.
+    /// Where the images and truths are, for errors that say what was expected.
     pub fn describe(&self) -> String {
-        let split = match self.split {
-            Split::File(file) => format!("the IDs listed in ROOT/{file}"),
-            Split::AllImages => "every image".to_string(),
-        };
-        let reduce = if self.reduce_zero_label {
-            " (truth 0 ignored, other values minus 1)"
-        } else {
-            ""
-        };
         format!(
-            "ROOT/{}/ID{} with truth ROOT/{}/ID{}{reduce}, {split}",
+            "images ROOT/{}/ID{} and truths ROOT/{}/ID{}",
             self.images, self.image_suffix, self.truth, self.truth_suffix
         )
     }
@@ -126,7 +117,8 @@ impl Layout {
                 find_images(&images, Path::new(""), self.image_suffix, &mut ids).with_context(
                     || {
                         format!(
-                            "cannot list the images of {}; is it the dataset's root, with {}?",
+                            "cannot list the images of {}, which should hold {}; is --dataset \
+                             the dataset's root?",
                             root.display(),
                             self.describe()
                         )
@@ -191,7 +183,12 @@ const MAX_DEPTH: usize = 32;
 /// Adds to `ids` the path (under `root`, without `suffix`) of every file below `root/relative`
 /// whose name ends in `suffix`, skipping hidden entries; symlinks are followed.
 fn find_images(root: &Path, relative: &Path, suffix: &str, ids: &mut Vec<PathBuf>) -> Result<()> {
-    let folder = root.join(relative);
+    // Joining an empty path would add a separator to the folder's name in errors.
+    let folder = if relative.as_os_str().is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(relative)
+    };
     if relative.components().count() > MAX_DEPTH {
         bail!(
             "{} is nested over {MAX_DEPTH} folders deep: a symlink loop?",
