@@ -222,6 +222,20 @@ impl Dataset {
             .collect()
     }
 
+    /// Where [`Dataset::default_eval`] caches its counts and writes its metrics.
+    fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    fn json(&self) -> PathBuf {
+        self.dir.path().join("metrics.json")
+    }
+
+    /// [`Dataset::eval`] with the dataset's own cache and metrics file.
+    fn default_eval(&self) -> assert_cmd::Command {
+        self.eval(&self.cache(), &self.json())
+    }
+
     /// `sclip eval` on it with the tests' settings, the cache in `cache`, the metrics in `json`.
     fn eval(&self, cache: &Path, json: &Path) -> assert_cmd::Command {
         let mut cmd = sclip();
@@ -378,12 +392,8 @@ fn check_layout(layout: Layout) {
     assert_eq!(expected.iou[usize::from(left_out)], None);
     assert_eq!(expected.iou[usize::from(relabelled)], Some(0.0));
 
-    let json = dataset.dir.path().join("metrics.json");
-    let output = dataset
-        .eval(&dataset.dir.path().join("cache"), &json)
-        .arg("--quiet")
-        .output()
-        .unwrap();
+    let json = dataset.json();
+    let output = dataset.default_eval().arg("--quiet").output().unwrap();
     assert!(output.status.success(), "{output:?}");
     let report = read_json(&json);
     assert_eq!(report["preset"], dataset.layout.preset);
@@ -547,9 +557,9 @@ fn an_interrupted_or_partial_eval_resumes_from_the_cache_with_the_same_result() 
 #[test]
 fn the_json_file_has_the_documented_fields_only() {
     let dataset = voc_dataset_predicted_with(&["--method", "clearclip"]);
-    let json = dataset.dir.path().join("metrics.json");
+    let json = dataset.json();
     let output = dataset
-        .eval(&dataset.dir.path().join("cache"), &json)
+        .default_eval()
         .args(["--method", "clearclip"])
         .output()
         .unwrap();
@@ -589,11 +599,8 @@ fn the_json_file_has_the_documented_fields_only() {
 /// Runs the eval on `dataset` expecting failure with `status`; returns its stderr, after checking
 /// that no metrics were printed or written.
 fn failing_eval(dataset: &Dataset, status: i32) -> String {
-    let json = dataset.dir.path().join("metrics.json");
-    let output = dataset
-        .eval(&dataset.dir.path().join("cache"), &json)
-        .output()
-        .unwrap();
+    let json = dataset.json();
+    let output = dataset.default_eval().output().unwrap();
     assert_eq!(output.status.code(), Some(status), "{output:?}");
     assert!(output.stdout.is_empty(), "{output:?}");
     assert!(!json.exists(), "no metrics written over a partial split");
@@ -608,7 +615,7 @@ fn bad_truths_fail_their_image_naming_the_file_and_the_rest_is_cached() {
     let size = (WIDTH * HEIGHT) as usize;
     // A value past voc21's 21 classes, another size, and no truth at all.
     write_truth(&truth(0), &vec![21; size], WIDTH, HEIGHT, true);
-    write_truth(&truth(1), &vec![0; 20 * 10], 20, 10, true);
+    write_truth(&truth(1), &[0; 20 * 10], 20, 10, true);
     std::fs::remove_file(truth(2)).unwrap();
     let stderr = failing_eval(&dataset, 1);
     let lines: Vec<&str> = stderr.lines().collect();
@@ -642,12 +649,13 @@ fn bad_truths_fail_their_image_naming_the_file_and_the_rest_is_cached() {
             true,
         );
     }
-    let json = dataset.dir.path().join("metrics.json");
-    let output = dataset
-        .eval(&dataset.dir.path().join("cache"), &json)
-        .output()
-        .unwrap();
+    let output = dataset.default_eval().output().unwrap();
     assert!(output.status.success(), "{output:?}");
+    let report = read_json(&dataset.json());
+    assert_eq!(
+        (report["images"].as_u64(), report["aAcc"].as_f64()),
+        (Some(3), Some(100.0))
+    );
 }
 
 #[test]
@@ -665,12 +673,9 @@ fn a_failed_image_does_not_stop_the_others_which_a_rerun_reads_from_the_cache() 
         "{stderr}"
     );
     std::fs::write(&truth, good).unwrap();
-    let json = dataset.dir.path().join("metrics.json");
-    let output = dataset
-        .eval(&dataset.dir.path().join("cache"), &json)
-        .output()
-        .unwrap();
+    let output = dataset.default_eval().output().unwrap();
     assert!(output.status.success(), "{output:?}");
+    assert_eq!(read_json(&dataset.json())["images"], 3);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("2 of 3 images counted from the cache"),

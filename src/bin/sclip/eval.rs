@@ -3,7 +3,7 @@
 //! library's evaluation, and print (and with `--json`, write) the metrics only if every image
 //! of the split was counted.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -322,6 +322,7 @@ fn shown_percent(value: Option<f64>) -> String {
     }
 }
 
+/// The per-class table and the means, on stdout.
 fn print_table(classes: &ClassList, metrics: &Metrics, images: usize, preset: &str, method: &str) {
     let names: Vec<String> = (0..classes.len())
         .map(|class| escape_controls(classes.display_name(class)).into_owned())
@@ -332,20 +333,22 @@ fn print_table(classes: &ClassList, metrics: &Metrics, images: usize, preset: &s
         .max()
         .unwrap_or(0)
         .max("class".len());
-    println!("{:<width$}  {:>6}  {:>6}", "class", "IoU", "Acc");
+    let mut table = format!("{:<width$}  {:>6}  {:>6}\n", "class", "IoU", "Acc");
     for (name, class) in names.iter().zip(&metrics.classes) {
-        println!(
-            "{name:<width$}  {:>6}  {:>6}",
+        table.push_str(&format!(
+            "{name:<width$}  {:>6}  {:>6}\n",
             shown_percent(class.iou),
             shown_percent(class.acc)
-        );
+        ));
     }
-    println!(
-        "mIoU {}  aAcc {}  mAcc {}  ({images} images, {preset}, {method})",
+    table.push_str(&format!(
+        "mIoU {}  aAcc {}  mAcc {}  ({images} images, {preset}, {method})\n",
         shown_percent(metrics.miou),
         shown_percent(metrics.aacc),
         shown_percent(metrics.macc)
-    );
+    ));
+    // A closed pipe (`sclip eval ... | head`) must not keep the --json file from being written.
+    let _ = std::io::stdout().lock().write_all(table.as_bytes());
 }
 
 /// The `--json` file, in percent; `None` (null) where a mean leaves a class out.
