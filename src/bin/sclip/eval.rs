@@ -31,7 +31,8 @@ use crate::{Failure, EXIT_SIGNALLED};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// The dataset's root folder, laid out as the --preset's benchmark is (below).
+    /// The dataset's root folder, laid out as the benchmark of --preset (which eval needs) is:
+    /// see the layouts below.
     #[arg(long, value_name = "ROOT")]
     pub dataset: PathBuf,
 
