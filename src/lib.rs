@@ -30,10 +30,12 @@
 //! [`preprocess`] decodes and resizes, [`slide`] cuts windows and gathers their logits,
 //! [`vision`] computes patch features (its last block a [`LastBlock`], chosen by the
 //! [`Method`]), [`postprocess`] produces the label map (refining the logits with [`pamr`] when
-//! asked), and [`segmenter`] and [`stream`] drive them per image and per stream.
+//! asked), and [`segmenter`] and [`stream`] drive them per image and per stream. [`eval`]
+//! measures the results against a benchmark's truth.
 
 pub mod atomic_write;
 pub mod classes;
+pub mod eval;
 pub mod interp;
 pub mod memory;
 pub mod methods;

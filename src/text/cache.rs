@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
+use sha2::digest::Output;
 use sha2::{Digest, Sha256};
 
 use crate::atomic_write::write_atomically;
@@ -69,13 +70,10 @@ impl QueryKey {
         dtype_tag: &str,
         dim: usize,
     ) -> Self {
-        let mut hasher = Sha256::new();
-        // Length prefixes on every field and both lists keep the encoding injective: ["a,b"] vs
-        // ["a", "b"], or a name moving into the templates, cannot produce the same bytes.
-        let mut field = |bytes: &[u8]| {
-            hasher.update((bytes.len() as u64).to_le_bytes());
-            hasher.update(bytes);
-        };
+        let mut digest = FieldDigest::default();
+        // Counts before both lists keep a name moving into the templates from giving the same
+        // fields.
+        let mut field = |bytes: &[u8]| digest.field(bytes);
         field(KEY_VERSION.as_bytes());
         field(model_fingerprint.as_bytes());
         field(dtype_tag.as_bytes());
@@ -89,7 +87,7 @@ impl QueryKey {
             field(name.as_bytes());
         }
         QueryKey {
-            digest: hasher.finalize().into(),
+            digest: digest.finish().into(),
             rows: names.len(),
             dim,
         }
@@ -162,37 +160,55 @@ impl std::fmt::Display for Damage {
     }
 }
 
-/// Identifies the exact weights, tokenizer and config: for each file its canonical path (inside a
-/// Hugging Face cache this resolves the snapshot's symlink to `blobs/<content hash>`, so it names
-/// the content), size and modification time in nanoseconds, so that rewriting a local model's
-/// files changes it. Errors if a file cannot be resolved or stat'ed.
+/// A SHA-256 over fields, each prefixed with its length, which keeps the encoding injective:
+/// ["a,b"] and ["a", "b"] cannot produce the same bytes.
+#[derive(Default)]
+pub(crate) struct FieldDigest(Sha256);
+
+impl FieldDigest {
+    pub(crate) fn field(&mut self, bytes: &[u8]) {
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    pub(crate) fn finish(self) -> Output<Sha256> {
+        self.0.finalize()
+    }
+}
+
+/// Identifies the exact weights, tokenizer and config, a [`file_identity`] line for each, so
+/// that rewriting a local model's files changes it. Errors if a file cannot be resolved or
+/// stat'ed.
 pub fn model_fingerprint(files: &ModelFiles) -> Result<String> {
     let mut fingerprint = String::new();
     for path in [files.weights.path(), &files.tokenizer, &files.config] {
-        let canonical = std::fs::canonicalize(path)
-            .with_context(|| format!("cannot resolve {}", path.display()))?;
-        let metadata = std::fs::metadata(&canonical)
-            .with_context(|| format!("cannot stat {}", canonical.display()))?;
-        let modified = metadata.modified().with_context(|| {
-            format!(
-                "cannot read the modification time of {}",
-                canonical.display()
-            )
-        })?;
-        // Signed, since archives and some file systems hand out times before 1970.
-        let modified_ns = match modified.duration_since(UNIX_EPOCH) {
-            Ok(after) => after.as_nanos() as i128,
-            Err(before) => -(before.duration().as_nanos() as i128),
-        };
-        // Debug formatting escapes newlines and non-UTF-8 bytes, so distinct paths stay distinct.
-        writeln!(
-            fingerprint,
-            "{canonical:?} {} {modified_ns}",
-            metadata.len()
-        )
-        .expect("writing to a String cannot fail");
+        fingerprint.push_str(&file_identity(path)?);
+        fingerprint.push('\n');
     }
     Ok(fingerprint)
+}
+
+/// A file's content as the file system knows it: its canonical path (inside a Hugging Face cache
+/// this resolves the snapshot's symlink to `blobs/<content hash>`, so it names the content), size
+/// and modification time in nanoseconds. Errors if it cannot be resolved or stat'ed.
+pub(crate) fn file_identity(path: &Path) -> Result<String> {
+    let canonical = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let metadata = std::fs::metadata(&canonical)
+        .with_context(|| format!("cannot stat {}", canonical.display()))?;
+    let modified = metadata.modified().with_context(|| {
+        format!(
+            "cannot read the modification time of {}",
+            canonical.display()
+        )
+    })?;
+    // Signed, since archives and some file systems hand out times before 1970.
+    let modified_ns = match modified.duration_since(UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    };
+    // Debug formatting escapes newlines and non-UTF-8 bytes, so distinct paths stay distinct.
+    Ok(format!("{canonical:?} {} {modified_ns}", metadata.len()))
 }
 
 /// A folder of cached query matrices, one file per [`QueryKey`].

@@ -10,6 +10,7 @@ use sclip::DEFAULT_MAX_PIXELS;
 use sclip::Method;
 
 use crate::engine::{method_parser, ClassArgs, EngineArgs};
+use crate::eval::EvalArgs;
 use crate::jobs::{OutputOptions, OverlayFormat};
 
 /// The class list the usage messages suggest.
@@ -36,6 +37,13 @@ pub enum Command {
     /// 129 SIGHUP).
     #[command(after_help = SEGMENT_AFTER_HELP)]
     Segment(Box<SegmentArgs>),
+    /// Measure mIoU, aAcc and mAcc on a benchmark's split (PASCAL VOC, Context, COCO, Cityscapes,
+    /// ADE20K), laid out as its authors' configs read it; resumes where an interrupted one stopped.
+    ///
+    /// Exit status: 0 when every image was counted, 1 when any failed (no metrics then), 2 for
+    /// usage errors, 128+N when stopped by signal N.
+    #[command(after_help = crate::eval::after_help())]
+    Eval(Box<EvalArgs>),
     /// List the benchmark presets, or print one preset's class file (to copy and edit).
     Presets {
         /// A preset's name, e.g. voc21.

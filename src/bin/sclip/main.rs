@@ -1,16 +1,19 @@
 //! The `sclip` command: a thin layer over the `sclip` library. It parses the command line
 //! ([`args`]), finds the images ([`inputs`]) and plans their outputs ([`jobs`]), streams them
 //! through the library's segmenter, writes each result ([`writer`]) and tells the user what
-//! happened ([`report`], [`messages`]).
+//! happened ([`report`], [`messages`]); [`eval`] measures the results against a benchmark's
+//! truth.
 
 mod args;
 mod engine;
+mod eval;
 mod inputs;
 mod jobs;
 mod messages;
 mod presets;
 mod report;
 mod segment;
+mod signals;
 mod writer;
 
 use std::process::ExitCode;
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(args) => segment::run(*args),
+        Command::Eval(args) => eval::run(*args),
         Command::Presets { name, method } => presets::list(name.as_deref(), method),
     };
     match result {

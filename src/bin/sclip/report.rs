@@ -82,28 +82,7 @@ impl<'a> Reporter<'a> {
         total: usize,
         classes: &'a ClassList,
     ) -> Self {
-        let bar = progress.then(|| {
-            let bar = ProgressBar::with_draw_target(
-                Some(total as u64),
-                ProgressDrawTarget::stderr_with_hz(4),
-            );
-            // No colours in the template: nothing to switch off for NO_COLOR or dumb terminals.
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{elapsed_precise} [{wide_bar}] {pos}/{len} images, {rate}, ETA {eta}",
-                )
-                .expect("the template is valid")
-                .with_key(
-                    "rate",
-                    |state: &ProgressState, out: &mut dyn std::fmt::Write| {
-                        let _ = write!(out, "{:.2} images/s", state.per_sec());
-                    },
-                )
-                .progress_chars("=> "),
-            );
-            bar.enable_steady_tick(Duration::from_millis(250));
-            bar
-        });
+        let bar = progress.then(|| progress_bar(total));
         Reporter {
             format,
             quiet,
@@ -324,6 +303,28 @@ impl<'a> Reporter<'a> {
             None => eprintln!("{line}"),
         }
     }
+}
+
+/// A bar on stderr over `total` images, with their rate and the time left.
+pub fn progress_bar(total: usize) -> ProgressBar {
+    let bar =
+        ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr_with_hz(4));
+    // No colours in the template: nothing to switch off for NO_COLOR or dumb terminals.
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} images, {rate}, ETA {eta}",
+        )
+        .expect("the template is valid")
+        .with_key(
+            "rate",
+            |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.2} images/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
 }
 
 fn outputs(job: &Job) -> Value {

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use sclip::atomic_write::remove_temporaries_in_flight;
 use sclip::stream::{self, Ending, ImageFiles, StreamOptions};
 
 use crate::args::SegmentArgs;
@@ -19,6 +18,7 @@ use crate::engine::Chatter;
 use crate::inputs::{discover, read_path_list, WalkOptions};
 use crate::jobs::plan_jobs;
 use crate::report::{settings_json, text_json, Format, Outcome, Reporter, RunFacts};
+use crate::signals::stop_on_signals;
 use crate::writer::write_outputs;
 use crate::{Failure, EXIT_SIGNALLED};
 
@@ -190,62 +190,6 @@ fn check_out_folder(out: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Once `streaming` is set, the first SIGINT (Ctrl-C), SIGTERM or SIGHUP stops feeding the model
-/// and lets the images being written finish; a second one removes the files being written and
-/// quits at once, as the first does before. `signal` records the first one's number.
-#[cfg(unix)]
-fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>, streaming: &Arc<AtomicBool>) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    use signal_hook::iterator::Signals;
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-        Ok(signals) => signals,
-        Err(err) => {
-            eprintln!("sclip: warning: Ctrl-C and SIGTERM will stop at once: {err}");
-            return;
-        }
-    };
-    let (stop, signal, streaming) = (Arc::clone(stop), Arc::clone(signal), Arc::clone(streaming));
-    std::thread::spawn(move || {
-        for number in signals.forever() {
-            let name = signal_hook::low_level::signal_name(number).unwrap_or("a signal");
-            if !streaming.load(Ordering::SeqCst) {
-                remove_temporaries_in_flight();
-                eprintln!("sclip: interrupted by {name} before any image started");
-                std::process::exit(EXIT_SIGNALLED + number);
-            }
-            if signal.swap(number, Ordering::SeqCst) != 0 {
-                remove_temporaries_in_flight();
-                std::process::exit(EXIT_SIGNALLED + number);
-            }
-            stop.store(true, Ordering::SeqCst);
-            eprintln!(
-                "sclip: interrupted by {name}; finishing the images being written (a second \
-                 Ctrl-C or {name} quits at once)"
-            );
-        }
-    });
-}
-
-/// Ctrl-C, as [`stop_on_signals`] does on Unix.
-#[cfg(not(unix))]
-fn stop_on_signals(stop: &Arc<AtomicBool>, signal: &Arc<AtomicI32>, streaming: &Arc<AtomicBool>) {
-    const SIGINT: i32 = 2;
-    let (stop, signal, streaming) = (Arc::clone(stop), Arc::clone(signal), Arc::clone(streaming));
-    let handler = ctrlc::set_handler(move || {
-        if !streaming.load(Ordering::SeqCst) || signal.swap(SIGINT, Ordering::SeqCst) != 0 {
-            remove_temporaries_in_flight();
-            std::process::exit(EXIT_SIGNALLED + SIGINT);
-        }
-        stop.store(true, Ordering::SeqCst);
-        eprintln!(
-            "sclip: interrupted; finishing the images being written (Ctrl-C again quits at once)"
-        );
-    });
-    if let Err(err) = handler {
-        eprintln!("sclip: warning: Ctrl-C will stop at once: {err}");
-    }
 }
 
 fn read_listed_paths(list: &Path, nul_separated: bool) -> Result<Vec<std::path::PathBuf>> {
