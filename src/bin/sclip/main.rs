@@ -5,6 +5,7 @@
 
 mod args;
 mod engine;
+mod html_report;
 mod inputs;
 mod jobs;
 mod messages;
