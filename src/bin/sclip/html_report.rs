@@ -33,6 +33,7 @@ pub const THUMBNAIL_LONG_SIDE: u32 = 256;
 /// Areas under this are shown as "<0.1%" rather than as a misleading "0.0%".
 const SMALLEST_SHOWN_PERCENT: f64 = 0.1;
 
+#[derive(Debug)]
 pub struct PageReport<'a> {
     page: PathBuf,
     thumbnails: PathBuf,
@@ -80,6 +81,18 @@ impl<'a> PageReport<'a> {
                 page.join("report.html").display()
             );
         }
+        let blocking = page
+            .ancestors()
+            .skip(1)
+            .find(|path| !path.as_os_str().is_empty() && std::fs::metadata(path).is_ok())
+            .filter(|existing| !existing.is_dir());
+        if let Some(file) = blocking {
+            bail!(
+                "--report {}: {} is not a folder; name a page in a folder, or where one can be made",
+                page.display(),
+                file.display()
+            );
+        }
         let mut folder_name = page.file_stem().unwrap_or_default().to_os_string();
         folder_name.push("_files");
         let thumbnails = page.with_file_name(folder_name);
@@ -91,7 +104,10 @@ impl<'a> PageReport<'a> {
                 thumbnails.display()
             );
         }
-        let base = lexically_absolute(page.parent().unwrap_or(Path::new("")));
+        let folder = page
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty());
+        let base = lexically_absolute(folder.unwrap_or(Path::new(".")));
         Ok(PageReport {
             page,
             thumbnails,
@@ -138,7 +154,10 @@ impl<'a> PageReport<'a> {
         card.push_str("<div class=\"none\">failed</div>");
         self.push_title(&mut card, image);
         let _ = write!(card, "<p class=\"error\">{}</p>", html(message));
-        let _ = write!(card, "<p class=\"links\">{}</p>", self.link("image", image));
+        // A path that was not found has nothing to link to.
+        if image.exists() {
+            let _ = write!(card, "<p class=\"links\">{}</p>", self.link("image", image));
+        }
         self.cards.push(card + "</article>");
     }
 
@@ -303,7 +322,7 @@ impl<'a> PageReport<'a> {
         for card in &self.cards {
             page.push_str(card);
         }
-        let _ = write!(page, "</main><script>{SCRIPT}</script></body></html>\n");
+        let _ = writeln!(page, "</main><script>{SCRIPT}</script></body></html>");
         page
     }
 
@@ -327,6 +346,22 @@ impl<'a> PageReport<'a> {
     /// `path` as a link from the page: relative, each part percent-encoded.
     fn href(&self, path: &Path) -> String {
         relative_url(&self.base, &lexically_absolute(path))
+    }
+}
+
+/// Says where the page went (unless `quiet`), or why it was not written; true if it was.
+pub fn tell(written: Result<PathBuf>, quiet: bool) -> bool {
+    match written {
+        Ok(page) => {
+            if !quiet {
+                eprintln!("sclip: report: {}", shown_path(&page));
+            }
+            true
+        }
+        Err(error) => {
+            eprintln!("sclip: error: {}", one_line(&error));
+            false
+        }
     }
 }
 
@@ -481,6 +516,10 @@ border-bottom:1px solid #8884;margin-bottom:1em}\
 content-visibility:auto;contain-intrinsic-size:auto 380px}\
 #cards>article[hidden]{display:none}\
 .thumb img{display:block;width:100%;height:192px;object-fit:contain;background:#8882}\
+.thumb{display:block;position:relative}\
+.thumb.missing::after{content:\"thumbnail not found: keep the page's _files folder beside it\";\
+position:absolute;inset:0;display:flex;align-items:center;justify-content:center;\
+text-align:center;padding:1em;color:#888;background:Canvas}\
 .none{height:192px;display:flex;align-items:center;justify-content:center;background:#8882;\
 color:#888;text-transform:uppercase;letter-spacing:.1em}\
 article[data-s=failed] .none{color:#c33}\
@@ -550,6 +589,14 @@ const SCRIPT: &str = r##"
     }
     apply();
   }
+  // A page copied without its _files folder says so instead of showing broken images.
+  function markMissing(image) {
+    image.parentNode.classList.add("missing");
+  }
+  Array.prototype.forEach.call(document.querySelectorAll(".thumb img"), function (image) {
+    if (image.complete && image.naturalWidth === 0) markMissing(image);
+    else image.addEventListener("error", function () { markMissing(image); });
+  });
   byClass.addEventListener("change", toFragment);
   byStatus.addEventListener("change", toFragment);
   byName.addEventListener("input", toFragment);

@@ -16,10 +16,9 @@ use sclip::stream::{self, Ending, ImageFiles, StreamOptions};
 
 use crate::args::SegmentArgs;
 use crate::engine::Chatter;
-use crate::html_report::PageReport;
+use crate::html_report::{self, PageReport};
 use crate::inputs::{discover, read_path_list, WalkOptions};
 use crate::jobs::plan_jobs;
-use crate::messages::{one_line, shown_path};
 use crate::report::{settings_json, text_json, Format, Outcome, Reporter, RunFacts};
 use crate::writer::write_outputs;
 use crate::{Failure, EXIT_SIGNALLED};
@@ -41,7 +40,9 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     if let Some(out) = &args.out {
         check_out_folder(out).map_err(Failure::Usage)?;
     }
-    let mut page = (args.report.as_deref())
+    let mut page = args
+        .report
+        .as_deref()
         .map(|report| PageReport::plan(report, args.out.as_deref(), &classes))
         .transpose()
         .map_err(Failure::Usage)?;
@@ -175,17 +176,7 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     let page_written =
         page.map(|page| page.write(counts, &facts, setup_started.elapsed().as_secs_f64()));
     reporter.summary(&facts);
-    let page_failed = match page_written {
-        Some(Err(error)) => {
-            eprintln!("sclip: error: {}", one_line(&error));
-            true
-        }
-        Some(Ok(path)) if !args.quiet => {
-            eprintln!("sclip: report: {}", shown_path(&path));
-            false
-        }
-        _ => false,
-    };
+    let page_failed = page_written.is_some_and(|written| !html_report::tell(written, args.quiet));
     Ok(if facts.interrupted {
         ExitCode::from(u8::try_from(EXIT_SIGNALLED + signal).unwrap_or(u8::MAX))
     } else if counts.failed > 0 || page_failed {
