@@ -241,6 +241,28 @@ fn a_rerun_with_skip_existing_lists_the_skipped_images_and_says_the_page_is_this
 }
 
 #[test]
+fn a_run_stopped_by_fail_fast_says_so_on_its_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::write(photos.join("a_broken.jpg"), b"not a JPEG").unwrap();
+    for name in ["b.jpg", "c.jpg", "d.jpg"] {
+        copy_fixture("astronaut.jpg", &photos.join(name));
+    }
+    let out = dir.path().join("out");
+    let output = segment()
+        .arg(&photos)
+        .args(["--fail-fast", "--report", "r.html", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let page = read_page(&out.join("r.html"));
+    assert_eq!(cards_with_status(&page, "failed"), 1, "{page}");
+    assert!(page.contains("Stopped at the first failure"), "{page}");
+}
+
+#[test]
 fn report_paths_that_cannot_be_a_page_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("folder.html")).unwrap();
