@@ -235,6 +235,7 @@ fn a_rerun_with_skip_existing_lists_the_skipped_images_and_says_the_page_is_this
     assert_eq!(cards_with_status(&page, "ok"), 1);
     assert!(page.contains("1 ok, 1 skipped, 0 failed"));
     assert!(page.contains("this run's images only"));
+    assert!(page.contains("link to an earlier run's outputs"));
     assert!(page.contains("href=\"one.png\">mask</a>"));
     // The first run's thumbnail is replaced, not joined by a second one.
     assert_eq!(std::fs::read_dir(out.join("r_files")).unwrap().count(), 2);

@@ -254,7 +254,7 @@ impl<'a> PageReport<'a> {
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
              <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
              img-src 'self' file: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\
-             <title>sclip: {ok} ok, {failed} failed, {skipped} skipped</title>\
+             <title>sclip: {ok} ok, {skipped} skipped, {failed} failed</title>\
              <style>{STYLE}</style></head><body><header><h1>sclip segment: {ok} ok"
         );
         if warned > 0 {
@@ -279,12 +279,18 @@ impl<'a> PageReport<'a> {
         let _ = write!(
             page,
             "<p>Written {} by sclip {} after {seconds:.1} s (setup {:.1} s). The page shows this \
-             run's images only; those skipped (--skip-existing) link to an earlier run's outputs, \
-             with no thumbnail or areas.</p>",
+             run's images only",
             utc_now(),
             env!("CARGO_PKG_VERSION"),
             facts.setup_seconds
         );
+        if skipped > 0 {
+            page.push_str(
+                "; those skipped (--skip-existing) link to an earlier run's outputs, with no \
+                 thumbnail or areas",
+            );
+        }
+        page.push_str(".</p>");
         page.push_str("<dl class=\"settings\">");
         if let Value::Object(settings) = &facts.settings {
             for (name, value) in settings {
