@@ -7,6 +7,7 @@
 //! interrupted write never leaves a truncated file at the target.
 
 pub mod overlay;
+pub mod thumbnail;
 
 use std::io::Write;
 use std::path::Path;

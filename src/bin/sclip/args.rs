@@ -129,6 +129,12 @@ pub struct SegmentArgs {
     #[arg(long, default_value_t = 0.5, value_name = "A")]
     pub alpha: f32,
 
+    /// Also write an HTML page to check the run by eye: thumbnails of the overlays (in
+    /// <FILE stem>_files/ beside it), classes and areas, a class filter, settings and summary.
+    /// A bare file name goes into --out when given; any other path is taken as it is.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+
     /// Skip images whose outputs all exist, so an interrupted run resumes where it stopped.
     #[arg(long)]
     pub skip_existing: bool,

@@ -7,6 +7,7 @@
 mod args;
 mod engine;
 mod eval;
+mod html_report;
 mod inputs;
 mod jobs;
 mod messages;

@@ -15,6 +15,7 @@ use sclip::stream::{self, Ending, ImageFiles, StreamOptions};
 
 use crate::args::SegmentArgs;
 use crate::engine::Chatter;
+use crate::html_report::{self, PageReport};
 use crate::inputs::{discover, read_path_list, WalkOptions};
 use crate::jobs::plan_jobs;
 use crate::report::{settings_json, text_json, Format, Outcome, Reporter, RunFacts};
@@ -39,6 +40,12 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     if let Some(out) = &args.out {
         check_out_folder(out).map_err(Failure::Usage)?;
     }
+    let mut page = args
+        .report
+        .as_deref()
+        .map(|report| PageReport::plan(report, args.out.as_deref(), &classes))
+        .transpose()
+        .map_err(Failure::Usage)?;
 
     let listed = match &args.files_from {
         Some(list) => read_listed_paths(list, args.null).map_err(Failure::Usage)?,
@@ -118,16 +125,20 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     let mut reporter = Reporter::new(format, args.quiet, show_progress, total, &classes);
     for (path, problem) in &discovery.problems {
         reporter.problem(path, problem);
+        page.iter_mut().for_each(|page| page.failed(path, problem));
     }
     for job in &done {
         reporter.skipped(job);
+        page.iter_mut().for_each(|page| page.skipped(job));
     }
     let failed_early = args.fail_fast && !discovery.problems.is_empty();
     if let (Some(segmenter), false) = (&segmenter, failed_early) {
         streaming.store(true, Ordering::SeqCst);
+        page.iter().try_for_each(PageReport::prepare)?;
         let options = StreamOptions {
             decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
-            keep_images: args.overlay.is_some(),
+            // Thumbnails for --report are drawn from the overlay, with or without --overlay.
+            keep_images: args.overlay.is_some() || page.is_some(),
             fail_fast: args.fail_fast,
         };
         let source = ImageFiles {
@@ -136,8 +147,10 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
         };
         stream::run(segmenter, &source, &options, &stop, &mut |index, result| {
             let job = &to_run[index];
+            let thumbnail = page.as_ref().map(|page| page.thumbnail_path(job));
             let outcome = result.and_then(|result| {
-                write_outputs(job, &result, &classes, args.alpha, args.out.as_deref())?;
+                let (out, thumbnail) = (args.out.as_deref(), thumbnail.as_deref());
+                write_outputs(job, &result, &classes, args.alpha, out, thumbnail)?;
                 Ok(Outcome {
                     width: result.segmentation.width,
                     height: result.segmentation.height,
@@ -151,6 +164,8 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
                 Err(_) => Ending::Failed,
             };
             reporter.finished(job, &outcome);
+            page.iter_mut()
+                .for_each(|page| page.finished(job, &outcome));
             ending
         })?;
     }
@@ -158,10 +173,13 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     facts.not_started = total - counts.ok - counts.skipped - counts.failed;
     let signal = signal.load(Ordering::SeqCst);
     facts.interrupted = signal != 0;
+    let page_written =
+        page.map(|page| page.write(counts, &facts, setup_started.elapsed().as_secs_f64()));
     reporter.summary(&facts);
+    let page_failed = page_written.is_some_and(|written| !html_report::tell(written, args.quiet));
     Ok(if facts.interrupted {
         ExitCode::from(u8::try_from(EXIT_SIGNALLED + signal).unwrap_or(u8::MAX))
-    } else if counts.failed > 0 {
+    } else if counts.failed > 0 || page_failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

@@ -7,21 +7,25 @@ use anyhow::{bail, Context, Result};
 
 use sclip::atomic_write::commit_all;
 use sclip::output::overlay::{render_overlay, stage_overlay, LegendEntry};
+use sclip::output::thumbnail::stage_thumbnail;
 use sclip::output::{stage_label_png, stage_npy_f32, voc_palette};
 use sclip::stream::ImageResult;
 use sclip::ClassList;
 
+use crate::html_report::THUMBNAIL_LONG_SIDE;
 use crate::jobs::Job;
 
 /// Writes `job`'s outputs from `result`, all of them or none: each is staged whole first, and the
 /// mask, which `--skip-existing` takes as the sign of a finished image, is renamed into place
 /// last. Output folders under `out` are created without following symlinks that lead out of it.
+/// `thumbnail`: also a thumbnail of the overlay there (`--report`), drawn even without `--overlay`.
 pub fn write_outputs(
     job: &Job,
     result: &ImageResult,
     classes: &ClassList,
     overlay_alpha: f32,
     out: Option<&Path>,
+    thumbnail: Option<&Path>,
 ) -> Result<()> {
     for dir in job.outputs().filter_map(|path| path.parent()) {
         match out {
@@ -33,8 +37,9 @@ pub fn write_outputs(
     }
     let segmentation = &result.segmentation;
     let (width, height) = (segmentation.width, segmentation.height);
-    let mut staged = Vec::with_capacity(3);
-    if let (Some(path), Some(photo)) = (&job.overlay, &result.image) {
+    let mut staged = Vec::with_capacity(4);
+    let wants_overlay = job.overlay.is_some() || thumbnail.is_some();
+    if let Some(photo) = result.image.as_ref().filter(|_| wants_overlay) {
         let palette = voc_palette();
         let legend: Vec<LegendEntry> = segmentation
             .class_pixels
@@ -53,7 +58,17 @@ pub fn write_outputs(
             overlay_alpha,
             &legend,
         );
-        staged.push(stage_overlay(path, &overlay)?);
+        if let Some(path) = thumbnail {
+            staged.push(stage_thumbnail(
+                path,
+                &overlay,
+                height as u32,
+                THUMBNAIL_LONG_SIDE,
+            )?);
+        }
+        if let Some(path) = &job.overlay {
+            staged.push(stage_overlay(path, &overlay)?);
+        }
     }
     if let (Some(path), Some(probs)) = (&job.probs, &segmentation.probs) {
         let classes = probs.len() / (width * height);
