@@ -15,10 +15,53 @@ use crate::jobs::{OutputOptions, OverlayFormat};
 /// The class list the usage messages suggest.
 pub const CLASSES_EXAMPLE: &str = "dog,boat,water";
 
+/// `sclip -V`: the version and the commit it was built from (`sclip --version` says more).
+const SHORT_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SCLIP_COMMIT"),
+    ")"
+);
+
+/// `sclip --version`: what a bug report needs. The CPU lines are this machine's, detected as the
+/// kernels detect them.
+pub fn long_version() -> String {
+    let commit = match env!("SCLIP_COMMIT") {
+        "unknown" => "unknown (not built from a git checkout)".to_string(),
+        commit => match commit.strip_suffix("-dirty") {
+            Some(clean) => format!("{clean}, with uncommitted changes"),
+            None => commit.to_string(),
+        },
+    };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let features = if cfg!(feature = "cuda") {
+        "cuda"
+    } else {
+        "none (no CUDA: build with --features cuda for GPUs)"
+    };
+    let kernels = sclip::cpu_kernels();
+    let amx = if kernels.amx_bf16 {
+        "yes (used by --dtype bf16)"
+    } else {
+        "no (--dtype bf16 computes in f32 on the CPU)"
+    };
+    format!(
+        "{}\ncommit: {commit}\ntarget: {} ({profile} build)\nfeatures: {features}\n\
+         CPU kernels on this machine: {}; AMX-BF16: {amx}",
+        env!("CARGO_PKG_VERSION"),
+        env!("SCLIP_TARGET"),
+        kernels.vector,
+    )
+}
+
 #[derive(Parser)]
 #[command(
     name = "sclip",
-    version,
+    version = SHORT_VERSION,
     about = "Segment images by free-text class names with CLIP and SCLIP's Correlative Self-Attention (no training)"
 )]
 pub struct Cli {

@@ -15,7 +15,7 @@ mod writer;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use args::{Cli, Command};
 use messages::one_line;
@@ -42,7 +42,14 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_SIGNALLED: i32 = 128;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    // Read from this machine's CPU, so only when asked for: detecting AMX asks the kernel for
+    // the tile state, which no other command needs unless it runs in bf16.
+    if std::env::args_os().skip(1).any(|arg| arg == "--version") {
+        command = command.long_version(args::long_version());
+    }
+    let matches = command.get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let result = match cli.command {
         Command::Segment(args) => segment::run(*args),
         Command::Presets { name, method } => presets::list(name.as_deref(), method),
