@@ -68,3 +68,43 @@ fn the_version_says_the_commit_features_and_this_machines_kernels() {
         "{long}"
     );
 }
+
+/// The section of `help` from `Environment:` to the next blank line.
+fn environment_section(help: &str) -> &str {
+    let start = help.find("\nEnvironment:\n").expect(help);
+    let section = &help[start + 1..];
+    &section[..section.find("\n\n").unwrap_or(section.len())]
+}
+
+#[test]
+fn help_lists_every_environment_variable_sclip_reads() {
+    let hub = [
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_ENDPOINT",
+        "HF_TOKEN",
+        "HF_TOKEN_PATH",
+        "HF_HUB_ETAG_TIMEOUT",
+        "HF_HUB_DOWNLOAD_TIMEOUT",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+    ];
+    let local = [
+        "SCLIP_CACHE_DIR",
+        "XDG_CACHE_HOME",
+        "RAYON_NUM_THREADS",
+        "NO_COLOR",
+    ];
+    let help = stdout(&succeeded(
+        sclip().args(["segment", "--help"]).output().unwrap(),
+    ));
+    let section = environment_section(&help);
+    for variable in hub.iter().chain(&local) {
+        assert!(
+            section.contains(variable),
+            "{variable} missing from {section}"
+        );
+    }
+    assert!(help.contains("\nExit status:\n"), "{help}");
+}

@@ -90,19 +90,11 @@ pub enum Command {
     },
 }
 
-/// Limits, environment and exit statuses, after the options of `sclip segment --help`.
-const SEGMENT_AFTER_HELP: &str = "\
-Limits:
-  --max-pixels N refuses an image declaring more pixels (as the decoder reads the header), and a
-  file larger than 8 bytes a pixel of it plus 64 MiB, before reading it. Pipes, devices and folders
-  given as images are refused without reading them. An image whose resized short side is under one
-  patch (16 pixels for ViT-B/16) fails alone. At most 256 classes and 1024 names (synonyms
-  included) per run, each name once (case and repeated spaces do not count).
-
-Environment:
-  SCLIP_CACHE_DIR  text query cache (default $XDG_CACHE_HOME/sclip, else ~/.cache/sclip)
-  HF_HOME          Hugging Face home (default ~/.cache/huggingface): cache in $HF_HOME/hub,
-                   saved token in $HF_HOME/token
+/// The variables the hub client reads, in every command that can download a model.
+macro_rules! hub_environment_help {
+    () => {
+        "  HF_HOME          Hugging Face home (default $XDG_CACHE_HOME/huggingface, else
+                   ~/.cache/huggingface): cache in $HF_HOME/hub, saved token in $HF_HOME/token
   HF_HUB_CACHE     hub cache folder (default $HF_HOME/hub)
   HF_HUB_OFFLINE=1 use the cache only, never the network
   HF_ENDPOINT      hub mirror (default https://huggingface.co)
@@ -110,11 +102,48 @@ Environment:
                    sent to the hub only, never to the hosts it redirects downloads to
   HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT
                    seconds a silent hub is waited for (default 10 each)
+  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY (or in lower case)
+                   proxy for the hub
   Downloads are checked (size, and SHA-256 for the weights) before they enter the cache.
+"
+    };
+}
 
+/// Every variable a command that runs the model reads (`concat!` it into an after-help).
+macro_rules! environment_help {
+    () => {
+        concat!(
+            "Environment:\n",
+            hub_environment_help!(),
+            "  SCLIP_CACHE_DIR  text query cache (default $XDG_CACHE_HOME/sclip, else ~/.cache/sclip)
+  XDG_CACHE_HOME   where both caches go by default (must be absolute for sclip's own)
+  RAYON_NUM_THREADS
+                   threads computing the model (default one per CPU this process may use);
+                   up to 4 more decode images beside them
+  NO_COLOR         honoured: help and usage errors are then plain; sclip's own output has no
+                   colours
+"
+        )
+    };
+}
+
+/// Limits, environment and exit statuses, after the options of `sclip segment --help`.
+const SEGMENT_AFTER_HELP: &str = concat!(
+    "\
+Limits:
+  --max-pixels N refuses an image declaring more pixels (as the decoder reads the header), and a
+  file larger than 8 bytes a pixel of it plus 64 MiB, before reading it. Pipes, devices and folders
+  given as images are refused without reading them. An image whose resized short side is under one
+  patch (16 pixels for ViT-B/16) fails alone. At most 256 classes and 1024 names (synonyms
+  included) per run, each name once (case and repeated spaces do not count).
+
+",
+    environment_help!(),
+    "
 Exit status:
   0 every image segmented or skipped; 1 any image failed; 2 usage error, nothing started;
-  128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).";
+  128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."
+);
 
 /// "[default: 40, or the preset's]": a default that a preset may change, read from the library.
 pub fn preset_default(help: &str, default: impl std::fmt::Display) -> String {
