@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::sclip;
@@ -20,6 +20,131 @@ fn stderr(output: &Output) -> String {
 fn succeeded(output: Output) -> Output {
     assert!(output.status.success(), "{}", stderr(&output));
     output
+}
+
+/// The names of sclip's commands, from its own help.
+fn commands() -> Vec<String> {
+    let help = stdout(&succeeded(sclip().arg("--help").output().unwrap()));
+    let listed: Vec<String> = help
+        .split("Commands:\n")
+        .nth(1)
+        .expect("a Commands section")
+        .lines()
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_string)
+        .collect();
+    for expected in ["segment", "presets", "completions", "man"] {
+        assert!(listed.iter().any(|name| name == expected), "{help}");
+    }
+    listed
+}
+
+#[test]
+fn every_shell_gets_a_completion_script_naming_the_commands_and_flags() {
+    let markers = [
+        ("bash", "complete -F _sclip"),
+        ("zsh", "#compdef sclip"),
+        ("fish", "complete -c sclip"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[sclip]"),
+    ];
+    for (shell, marker) in markers {
+        let script = stdout(&succeeded(
+            sclip().args(["completions", shell]).output().unwrap(),
+        ));
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in commands() {
+            assert!(script.contains(&command), "{shell} lacks {command}");
+        }
+        assert!(script.contains("classes-file"), "{shell} lacks the flags");
+    }
+    let output = sclip().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("possible values"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn the_bash_script_is_valid_bash_and_completes_the_commands() {
+    let script = stdout(&succeeded(
+        sclip().args(["completions", "bash"]).output().unwrap(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sclip.bash");
+    std::fs::write(&path, script).unwrap();
+    let completion = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source '{}'; COMP_WORDS=(sclip dow); COMP_CWORD=1; COMP_LINE='sclip dow'; \
+             COMP_POINT=9; _sclip sclip dow sclip; echo \"${{COMPREPLY[@]}}\"",
+            path.display()
+        ))
+        .output();
+    let Ok(completion) = completion else {
+        eprintln!("skipped: bash is not installed");
+        return;
+    };
+    assert_eq!(stdout(&succeeded(completion)).trim(), "download");
+}
+
+#[test]
+fn the_man_pages_are_roff_for_sclip_and_each_command() {
+    let page = stdout(&succeeded(sclip().arg("man").output().unwrap()));
+    assert!(page.contains(".TH sclip 1"), "{page}");
+    assert!(page.contains(".SH SYNOPSIS"), "{page}");
+    for command in commands() {
+        assert!(
+            page.contains(&format!("sclip\\-{command}(1)")),
+            "{command}: {page}"
+        );
+    }
+
+    let segment_page = stdout(&succeeded(
+        sclip().args(["man", "segment"]).output().unwrap(),
+    ));
+    assert!(
+        segment_page.contains(".TH sclip-segment 1"),
+        "{segment_page}"
+    );
+    assert!(
+        segment_page.contains("\\-\\-classes\\-file"),
+        "{segment_page}"
+    );
+    assert!(segment_page.contains("HF_HUB_OFFLINE"), "{segment_page}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = succeeded(
+        sclip()
+            .args(["man", "--out-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap(),
+    );
+    let mut expected: Vec<PathBuf> = vec![dir.path().join("sclip.1")];
+    expected.extend(
+        commands()
+            .iter()
+            .map(|command| dir.path().join(format!("sclip-{command}.1"))),
+    );
+    let listed: Vec<PathBuf> = stdout(&output).lines().map(PathBuf::from).collect();
+    assert_eq!(listed, expected);
+    assert_eq!(std::fs::read_to_string(&expected[0]).unwrap(), page);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        expected.len()
+    );
+
+    let output = sclip().args(["man", "nope"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("no command \"nope\""), "{text}");
+    assert!(text.contains("segment"), "{text}");
 }
 
 #[test]

@@ -88,6 +88,26 @@ pub enum Command {
         #[arg(long, default_value = Method::Sclip.name(), value_parser = method_parser(), conflicts_with = "name")]
         method: Method,
     },
+    /// Print a shell completion script (bash, zsh, fish, powershell or elvish).
+    ///
+    /// For bash: `sclip completions bash > ~/.local/share/bash-completion/completions/sclip`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page in roff, or write them all.
+    ///
+    /// `sclip man > sclip.1` prints sclip's, `sclip man segment > sclip-segment.1` a command's;
+    /// `sclip man --out-dir ~/.local/share/man/man1` writes every page.
+    Man {
+        /// The command whose page to print [default: sclip's own].
+        command: Option<String>,
+
+        /// Write sclip.1 and one sclip-COMMAND.1 per command into DIR, and print their paths.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// The variables the hub client reads, in every command that can download a model.

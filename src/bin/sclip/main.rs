@@ -4,6 +4,7 @@
 //! happened ([`report`], [`messages`]).
 
 mod args;
+mod completions;
 mod engine;
 mod inputs;
 mod jobs;
@@ -53,6 +54,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Segment(args) => segment::run(*args),
         Command::Presets { name, method } => presets::list(name.as_deref(), method),
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man { command, out_dir } => completions::man(command.as_deref(), out_dir),
     };
     match result {
         Ok(code) => code,
