@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::sclip;
+use common::{fixture_image, fixture_model, sclip, segment};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -232,4 +232,61 @@ fn help_lists_every_environment_variable_sclip_reads() {
         );
     }
     assert!(help.contains("\nExit status:\n"), "{help}");
+}
+
+#[test]
+fn verbose_names_the_model_files_the_device_the_dtype_and_the_kernels() {
+    let out = tempfile::tempdir().unwrap();
+    let output = succeeded(
+        segment()
+            .arg(fixture_image("small_window.png"))
+            .arg("-v")
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap(),
+    );
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!(
+            "sclip: model files in the local folder {} (model.safetensors)",
+            fixture_model().display()
+        )),
+        "{text}"
+    );
+    let vector = sclip::cpu_kernels().vector;
+    assert!(
+        text.contains(&format!(
+            "sclip: device cpu, dtype f32: sclip's f32 CPU kernels ({vector})"
+        )),
+        "{text}"
+    );
+
+    let output = succeeded(
+        segment()
+            .arg(fixture_image("small_window.png"))
+            .args(["-v", "--dtype", "f16", "--out"])
+            .arg(out.path())
+            .output()
+            .unwrap(),
+    );
+    let text = stderr(&output);
+    assert!(
+        text.contains("sclip: device cpu, dtype f16: candle's generic CPU ops"),
+        "{text}"
+    );
+
+    let output = succeeded(
+        segment()
+            .arg(fixture_image("small_window.png"))
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        !stderr(&output).contains("sclip: model"),
+        "{}",
+        stderr(&output)
+    );
 }
