@@ -7,7 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{fixture_image, fixture_model, sclip, segment};
+use common::hub::{sclip_online, start_emulator, untouched, Ranges, COMMIT, REPO};
+use common::{fixture_image, fixture_model, sclip, sclip_process, segment};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -35,7 +36,7 @@ fn commands() -> Vec<String> {
         .filter(|name| *name != "help")
         .map(str::to_string)
         .collect();
-    for expected in ["segment", "presets", "completions", "man"] {
+    for expected in ["segment", "presets", "download", "completions", "man"] {
         assert!(listed.iter().any(|name| name == expected), "{help}");
     }
     listed
@@ -232,6 +233,124 @@ fn help_lists_every_environment_variable_sclip_reads() {
         );
     }
     assert!(help.contains("\nExit status:\n"), "{help}");
+
+    let help = stdout(&succeeded(
+        sclip().args(["download", "--help"]).output().unwrap(),
+    ));
+    let section = environment_section(&help);
+    for variable in hub {
+        assert!(
+            section.contains(variable),
+            "{variable} missing from {section}"
+        );
+    }
+    assert!(!section.contains("RAYON_NUM_THREADS"), "{section}");
+}
+
+/// `sclip download` with `args` against `endpoint` (or offline without one), its cache in `home`.
+fn download(endpoint: Option<&str>, home: &Path, args: &[&str]) -> Output {
+    let mut command = match endpoint {
+        Some(endpoint) => sclip_online(endpoint, home),
+        None => {
+            let mut command = sclip_process();
+            command.env("HF_HOME", home).env_remove("HF_HUB_CACHE");
+            command
+        }
+    };
+    command.arg("download").args(args).output().unwrap()
+}
+
+#[test]
+fn download_prints_the_snapshot_folder_and_a_second_run_offline_prints_it_again() {
+    let emulator = start_emulator("model", Ranges::Honoured, untouched);
+    let home = tempfile::tempdir().unwrap();
+    let output = succeeded(download(Some(&emulator.hub.url()), home.path(), &[REPO]));
+    let printed = stdout(&output);
+    assert_eq!(printed.lines().count(), 1, "{printed}");
+    let folder = PathBuf::from(printed.trim_end_matches('\n'));
+    let snapshot = home
+        .path()
+        .join("hub/models--sclip-tests--tiny-clip/snapshots")
+        .join(COMMIT);
+    assert_eq!(folder, snapshot);
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        let expected = std::fs::read(fixture_model().join(file)).unwrap();
+        assert_eq!(
+            std::fs::read(folder.join(file)).unwrap(),
+            expected,
+            "{file}"
+        );
+    }
+    let said = stderr(&output);
+    assert!(said.contains("sclip: downloading"), "{said}");
+    assert!(
+        said.contains(&format!("model {REPO} at commit {COMMIT} (revision main)")),
+        "{said}"
+    );
+
+    let asked = emulator.hub.requests().len();
+    let offline = succeeded(download(None, home.path(), &[REPO, "--quiet"]));
+    assert_eq!(stdout(&offline), printed);
+    assert_eq!(stderr(&offline), "", "--quiet says nothing");
+    assert_eq!(emulator.hub.requests().len(), asked, "offline asks nothing");
+
+    let by_commit = succeeded(download(
+        None,
+        home.path(),
+        &[REPO, "--revision", COMMIT, "-q"],
+    ));
+    assert_eq!(stdout(&by_commit), printed);
+
+    // What was downloaded runs offline, named either way.
+    for model in [REPO.to_string(), folder.display().to_string()] {
+        let out = tempfile::tempdir().unwrap();
+        let output = sclip_process()
+            .env("HF_HOME", home.path())
+            .env_remove("HF_HUB_CACHE")
+            .arg("segment")
+            .arg(fixture_image("small_window.png"))
+            .args([
+                "--model",
+                &model,
+                "--classes",
+                "person,sky",
+                "--short-side",
+                "112",
+            ])
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .unwrap();
+        succeeded(output);
+        assert!(out.path().join("small_window.png").is_file(), "{model}");
+    }
+}
+
+#[test]
+fn download_offline_of_an_uncached_model_fails_on_one_line_and_prints_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let output = download(None, home.path(), &[REPO]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "");
+    let text = stderr(&output);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("HF_HUB_OFFLINE=1 forbids downloading"),
+        "{text}"
+    );
+    assert!(text.contains(REPO), "{text}");
+}
+
+#[test]
+fn download_of_a_local_folder_is_a_usage_error() {
+    let home = tempfile::tempdir().unwrap();
+    let folder = fixture_model().display().to_string();
+    let output = download(None, home.path(), &[&folder]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "");
+    let text = stderr(&output);
+    assert!(text.contains("taken for a local folder"), "{text}");
+    assert!(text.contains("--model"), "{text}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use sclip::DEFAULT_MAX_PIXELS;
+use sclip::{DEFAULT_MAX_PIXELS, DEFAULT_MODEL};
 
 use sclip::Method;
 
@@ -88,6 +88,12 @@ pub enum Command {
         #[arg(long, default_value = Method::Sclip.name(), value_parser = method_parser(), conflicts_with = "name")]
         method: Method,
     },
+    /// Download a model into the Hugging Face cache and print its folder.
+    ///
+    /// Prepares a machine that will run offline (HF_HUB_OFFLINE=1), or gives scripts the folder:
+    /// `MODEL_DIR=$(sclip download)`, then `--model "$MODEL_DIR"`.
+    #[command(after_help = DOWNLOAD_AFTER_HELP)]
+    Download(DownloadArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell or elvish).
     ///
     /// For bash: `sclip completions bash > ~/.local/share/bash-completion/completions/sclip`.
@@ -108,6 +114,21 @@ pub enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "command")]
         out_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+pub struct DownloadArgs {
+    /// Hugging Face repo id.
+    #[arg(default_value = DEFAULT_MODEL, value_name = "REPO")]
+    pub model: String,
+
+    /// Hub revision: a branch, tag or commit.
+    #[arg(long, default_value = "main", value_name = "REV")]
+    pub revision: String,
+
+    /// Print only errors and the folder: no progress on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// The variables the hub client reads, in every command that can download a model.
@@ -146,6 +167,14 @@ macro_rules! environment_help {
         )
     };
 }
+
+const DOWNLOAD_AFTER_HELP: &str = concat!(
+    "Environment:\n",
+    hub_environment_help!(),
+    "
+Exit status:
+  0 the model is in the cache (its folder printed); 1 it could not be fetched; 2 usage error."
+);
 
 /// Limits, environment and exit statuses, after the options of `sclip segment --help`.
 const SEGMENT_AFTER_HELP: &str = concat!(

@@ -5,6 +5,7 @@
 
 mod args;
 mod completions;
+mod download;
 mod engine;
 mod inputs;
 mod jobs;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Segment(args) => segment::run(*args),
         Command::Presets { name, method } => presets::list(name.as_deref(), method),
+        Command::Download(args) => download::run(args),
         Command::Completions { shell } => completions::completions(shell),
         Command::Man { command, out_dir } => completions::man(command.as_deref(), out_dir),
     };
