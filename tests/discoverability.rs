@@ -9,6 +9,8 @@ use std::process::Output;
 
 use common::hub::{sclip_online, start_emulator, untouched, Ranges, COMMIT, REPO};
 use common::{fixture_image, fixture_model, sclip, sclip_process, segment};
+use sclip::presets;
+use sclip::{ClassList, Method};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -408,4 +410,49 @@ fn verbose_names_the_model_files_the_device_the_dtype_and_the_kernels() {
         "{}",
         stderr(&output)
     );
+}
+
+#[test]
+fn a_presets_class_file_says_its_settings_stay_with_the_preset() {
+    for (method, flag) in [(Method::Sclip, None), (Method::NaClip, Some("naclip"))] {
+        let mut command = sclip();
+        command.args(["presets", "voc21"]);
+        if let Some(flag) = flag {
+            command.args(["--method", flag]);
+        }
+        let printed = stdout(&succeeded(command.output().unwrap()));
+        let preset = presets::find("voc21").unwrap();
+        let tuning = preset.tuning(method);
+        let header: String = printed
+            .lines()
+            .take_while(|line| *line != "#")
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            header.contains("--preset voc21 --classes-file edited.txt"),
+            "{header}"
+        );
+        assert!(header.contains("--classes-file alone"), "{header}");
+        assert!(
+            header.contains(&format!(
+                "short side {}, window {}, stride {}, logit scale {}, prob thd {}",
+                tuning.short_side,
+                tuning.window,
+                tuning.stride,
+                tuning.logit_scale,
+                tuning.prob_thd
+            )),
+            "{header}"
+        );
+        assert!(
+            header.contains(&format!("--method {}", method.name())),
+            "{header}"
+        );
+        assert!(
+            printed.ends_with(preset.class_file),
+            "the dataset's file follows whole"
+        );
+        let classes = ClassList::parse_file_contents(&printed).unwrap();
+        assert_eq!(classes.len(), preset.classes().len());
+    }
 }

@@ -84,8 +84,8 @@ pub enum Command {
         /// A preset's name, e.g. voc21.
         name: Option<String>,
 
-        /// List this method's settings for each benchmark.
-        #[arg(long, default_value = Method::Sclip.name(), value_parser = method_parser(), conflicts_with = "name")]
+        /// The method whose settings are listed: for each benchmark, or in NAME's header.
+        #[arg(long, default_value = Method::Sclip.name(), value_parser = method_parser())]
         method: Method,
     },
     /// Download a model into the Hugging Face cache and print its folder.
