@@ -119,28 +119,29 @@ fn the_man_pages_are_roff_for_sclip_and_each_command() {
         "{segment_page}"
     );
     assert!(segment_page.contains("HF_HUB_OFFLINE"), "{segment_page}");
+    // The after-help's aligned lists are not reflowed as prose.
+    assert!(segment_page.contains(".SH EXTRA\n.nf\n"), "{segment_page}");
 
-    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // Created as needed, as ~/.local/share/man/man1 often is not there yet.
+    let dir = root.path().join("man/man1");
     let output = succeeded(
         sclip()
             .args(["man", "--out-dir"])
-            .arg(dir.path())
+            .arg(&dir)
             .output()
             .unwrap(),
     );
-    let mut expected: Vec<PathBuf> = vec![dir.path().join("sclip.1")];
+    let mut expected: Vec<PathBuf> = vec![dir.join("sclip.1")];
     expected.extend(
         commands()
             .iter()
-            .map(|command| dir.path().join(format!("sclip-{command}.1"))),
+            .map(|command| dir.join(format!("sclip-{command}.1"))),
     );
     let listed: Vec<PathBuf> = stdout(&output).lines().map(PathBuf::from).collect();
     assert_eq!(listed, expected);
     assert_eq!(std::fs::read_to_string(&expected[0]).unwrap(), page);
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        expected.len()
-    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), expected.len());
 
     let output = sclip().args(["man", "nope"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));

@@ -28,10 +28,12 @@ pub fn completions(shell: clap_complete::Shell) -> Result<ExitCode, Failure> {
 pub fn man(command: Option<&str>, out_dir: Option<PathBuf>) -> Result<ExitCode, Failure> {
     let pages = pages();
     if let Some(dir) = out_dir {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the folder {}", shown_path(&dir)))?;
         let mut written = String::new();
         for page in &pages {
             let path = dir.join(page.get_filename());
-            write_atomically(&path, |out| Ok(page.render(out)?))
+            write_atomically(&path, |out| Ok(out.write_all(&render(page))?))
                 .with_context(|| format!("cannot write the man page {}", shown_path(&path)))?;
             written.push_str(&format!("{}\n", shown_path(&path)));
         }
@@ -61,10 +63,7 @@ pub fn man(command: Option<&str>, out_dir: Option<PathBuf>) -> Result<ExitCode, 
                 commands.join(", ")
             ))
         })?;
-    let mut roff = Vec::new();
-    page.render(&mut roff)
-        .expect("rendering into memory cannot fail");
-    write_stdout(&roff).context("cannot write the man page")?;
+    write_stdout(&render(page)).context("cannot write the man page")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -81,6 +80,23 @@ fn pages() -> Vec<Man> {
     let mut pages = vec![Man::new(command).source(source)];
     pages.extend(subcommands);
     pages
+}
+
+/// A page in roff. clap_mangen fills the after-help (the EXTRA section) like prose, which
+/// reflows its aligned lists of limits, variables and exit statuses: it is kept as written.
+fn render(page: &Man) -> Vec<u8> {
+    let mut roff = Vec::new();
+    page.render(&mut roff)
+        .expect("rendering into memory cannot fail");
+    let roff = String::from_utf8(roff).expect("clap_mangen writes UTF-8");
+    let Some((before, extra)) = roff.split_once("\n.SH EXTRA\n") else {
+        return roff.into_bytes();
+    };
+    let (extra, after) = match extra.find("\n.SH ") {
+        Some(end) => extra.split_at(end + 1),
+        None => (extra, ""),
+    };
+    format!("{before}\n.SH EXTRA\n.nf\n{extra}.fi\n{after}").into_bytes()
 }
 
 /// Writes `bytes` to stdout. A reader that stops early (`sclip man | head`) is not an error;
