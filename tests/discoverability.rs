@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::hub::{sclip_online, start_emulator, untouched, Ranges, COMMIT, REPO};
-use common::{fixture_image, fixture_model, sclip, sclip_process, segment};
+use common::{fixture_image, fixture_model, json_lines, sclip, sclip_process, segment, summary};
 use sclip::presets;
-use sclip::{ClassList, Method};
+use sclip::{ClassList, Method, Settings};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -429,10 +429,11 @@ fn a_presets_class_file_says_its_settings_stay_with_the_preset() {
             .take_while(|line| *line != "#")
             .collect::<Vec<_>>()
             .join("\n");
-        assert!(
-            header.contains("--preset voc21 --classes-file edited.txt"),
-            "{header}"
-        );
+        let keeping = match flag {
+            Some(flag) => format!("--preset voc21 --method {flag} --classes-file edited.txt"),
+            None => "--preset voc21 --classes-file edited.txt".to_string(),
+        };
+        assert!(header.contains(&keeping), "{header}");
         assert!(header.contains("--classes-file alone"), "{header}");
         assert!(
             header.contains(&format!(
@@ -455,5 +456,43 @@ fn a_presets_class_file_says_its_settings_stay_with_the_preset() {
         );
         let classes = ClassList::parse_file_contents(&printed).unwrap();
         assert_eq!(classes.len(), preset.classes().len());
+
+        // What the header says is what runs: the edited copy with the preset keeps its settings
+        // (but the one given explicitly), and alone runs with the defaults.
+        let dir = tempfile::tempdir().unwrap();
+        let edited = dir.path().join("edited.txt");
+        std::fs::write(&edited, printed.replace("aeroplane", "airplane")).unwrap();
+        let settings_of = |with_preset: bool| {
+            let mut command = sclip();
+            command
+                .arg("segment")
+                .arg(fixture_image("small_window.png"))
+                .arg("--model")
+                .arg(fixture_model())
+                .arg("--classes-file")
+                .arg(&edited)
+                .args(["--short-side", "112", "--json", "--out"])
+                .arg(dir.path());
+            if with_preset {
+                command.args(["--preset", "voc21"]);
+            }
+            if let Some(flag) = flag {
+                command.args(["--method", flag]);
+            }
+            summary(&json_lines(&succeeded(command.output().unwrap())))["settings"].clone()
+        };
+        let kept = settings_of(true);
+        assert_eq!(kept["short_side"], 112);
+        assert_eq!(kept["window"], tuning.window);
+        assert_eq!(kept["stride"], tuning.stride);
+        assert_eq!(kept["logit_scale"], tuning.logit_scale);
+        assert_eq!(kept["prob_thd"], tuning.prob_thd);
+        assert_eq!(kept["pamr"], tuning.pamr_steps);
+        let lost = settings_of(false);
+        assert_eq!(
+            lost["logit_scale"],
+            Settings::DEFAULT.postprocess.logit_scale
+        );
+        assert_eq!(lost["prob_thd"], Settings::DEFAULT.postprocess.prob_thd);
     }
 }

@@ -74,6 +74,11 @@ fn settings_header(preset: &Preset, method: Method) -> String {
         steps => format!("{steps} steps"),
     };
     let name = preset.name;
+    // The command that keeps them names the method too, unless it is the default.
+    let method_flag = match method {
+        Method::Sclip => String::new(),
+        other => format!(" --method {}", other.name()),
+    };
     format!(
         "# `sclip presets {name} --method {method}`: the preset's class file, below. The preset also\n\
          # sets, for --method {method}:\n\
@@ -82,7 +87,7 @@ fn settings_header(preset: &Preset, method: Method) -> String {
          #   (from {})\n\
          # They come from the preset, not from this file: an edited copy keeps them only when\n\
          # passed with the preset,\n\
-         #   sclip segment --preset {name} --classes-file edited.txt ...\n\
+         #   sclip segment --preset {name}{method_flag} --classes-file edited.txt ...\n\
          # while --classes-file alone runs with sclip's defaults. Options given explicitly override\n\
          # either.\n\
          #\n",
