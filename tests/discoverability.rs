@@ -304,8 +304,19 @@ fn download_prints_the_snapshot_folder_and_a_second_run_offline_prints_it_again(
     ));
     assert_eq!(stdout(&by_commit), printed);
 
-    // What was downloaded runs offline, named either way.
-    for model in [REPO.to_string(), folder.display().to_string()] {
+    // What was downloaded runs offline, named either way, and -v says which files it used.
+    let from_hub = format!(
+        "sclip: model {REPO} at commit {COMMIT} (revision main), files in {} (model.safetensors)",
+        folder.display()
+    );
+    let from_folder = format!(
+        "sclip: model files in the local folder {} (model.safetensors)",
+        folder.display()
+    );
+    for (model, said) in [
+        (REPO.to_string(), from_hub),
+        (folder.display().to_string(), from_folder),
+    ] {
         let out = tempfile::tempdir().unwrap();
         let output = sclip_process()
             .env("HF_HOME", home.path())
@@ -319,12 +330,17 @@ fn download_prints_the_snapshot_folder_and_a_second_run_offline_prints_it_again(
                 "person,sky",
                 "--short-side",
                 "112",
+                "-v",
             ])
             .arg("--out")
             .arg(out.path())
             .output()
             .unwrap();
-        succeeded(output);
+        let text = stderr(&succeeded(output));
+        assert!(
+            text.lines().any(|line| line == said),
+            "{said} not in {text}"
+        );
         assert!(out.path().join("small_window.png").is_file(), "{model}");
     }
 }
