@@ -67,4 +67,5 @@ pub use segmenter::Segmenter;
 pub use settings::{Overrides, Setting, Settings, SettingsError};
 pub use text::cache::QueryCache;
 pub use text::queries::{ClassQueries, QueryEncoder};
+pub use transformer::{cpu_kernels, CpuKernels};
 pub use vision::LastBlock;

@@ -20,6 +20,25 @@ pub struct ModelFiles {
     pub config: PathBuf,
     pub tokenizer: PathBuf,
     pub weights: WeightsFile,
+    /// The hub snapshot the files are; `None` for a local folder.
+    pub hub: Option<HubSnapshot>,
+}
+
+/// A hub repo at a revision, and the commit the revision named when its files were found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSnapshot {
+    pub repo_id: String,
+    pub revision: String,
+    pub commit: String,
+}
+
+impl ModelFiles {
+    /// The folder holding the files: the local folder, or the hub cache's snapshot of the commit.
+    pub fn folder(&self) -> &Path {
+        self.config
+            .parent()
+            .expect("config.json is a file in the model's folder")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +122,7 @@ fn local_model_files(dir: &Path) -> Result<ModelFiles> {
         config,
         tokenizer,
         weights,
+        hub: None,
     })
 }
 
@@ -151,10 +171,18 @@ fn hub_model_files(repo_id: &str, revision: &str, options: HubOptions) -> Result
                 .ok_or_else(|| anyhow!("{}, nor {SAFETENSORS_FILE}", repo.missing(PYTORCH_FILE)))?,
         ),
     };
+    let commit = repo
+        .commit()
+        .ok_or_else(|| anyhow!("{repo_id} (revision {revision}): no commit known for its files"))?;
     Ok(ModelFiles {
         config,
         tokenizer,
         weights,
+        hub: Some(HubSnapshot {
+            repo_id: repo_id.to_string(),
+            revision: revision.to_string(),
+            commit,
+        }),
     })
 }
 

@@ -150,6 +150,11 @@ impl HubRepo {
         )
     }
 
+    /// The commit the revision names: what the hub answered, else what the cache recorded.
+    pub fn commit(&self) -> Option<String> {
+        self.cached_commit()
+    }
+
     /// Once one file answered, the others are asked for at its commit, so that a branch moving
     /// mid-run cannot mix files of two commits.
     fn asked_revision(&self) -> &str {

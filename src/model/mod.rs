@@ -15,12 +15,14 @@ use candle_nn::VarBuilder;
 pub use config::ClipConfig;
 pub use device::{parse_device, DeviceError};
 pub use files::{
-    resolve_model, resolve_model_with, ModelFiles, NotCached, WeightsFile, DEFAULT_MODEL,
+    looks_like_path, resolve_model, resolve_model_with, HubSnapshot, ModelFiles, NotCached,
+    WeightsFile, DEFAULT_MODEL,
 };
 pub use hub::HubOptions;
 
 use crate::text::TextEncoder;
 use crate::transformer::amx;
+use crate::transformer::cpu_kernels::vector_extension;
 use crate::vision::{Products, VisionTower};
 
 /// A checkpoint's config, its vision tower (loaded in `dtype` on `device`) and its open weights.
@@ -76,6 +78,23 @@ impl Model {
                 Some("bf16: this CPU has no AMX, so the model computes in f32")
             }
             _ => None,
+        }
+    }
+
+    /// Which kernels run the vision tower, in words (`-v`).
+    pub fn kernels(&self) -> String {
+        if !self.device().is_cpu() {
+            return "candle's GPU kernels".to_string();
+        }
+        let vector = vector_extension();
+        match (self.dtype(), self.products) {
+            (DType::F32, Products::Bf16Amx) => format!(
+                "AMX-BF16 tiles for the linear layers, sclip's f32 CPU kernels ({vector}) for the rest"
+            ),
+            (DType::F32, Products::Native) => {
+                format!("sclip's f32 CPU kernels ({vector}) with gemm's matrix products")
+            }
+            (dtype, _) => format!("candle's generic CPU ops in {dtype:?} (sclip's kernels are f32)"),
         }
     }
 

@@ -709,6 +709,7 @@ mod tests {
             config,
             tokenizer,
             weights: WeightsFile::Safetensors(weights),
+            hub: None,
         };
         (files, blob)
     }

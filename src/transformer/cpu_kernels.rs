@@ -725,6 +725,17 @@ unsafe fn copy_rows(
     }
 }
 
+/// The vector instructions the loops above run with on this CPU: multiversion's own run-time
+/// choice among the same targets, so it cannot disagree with theirs.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+pub fn vector_extension() -> &'static str {
+    multiversion::target::match_target! {
+        "x86_64+avx512f" => "AVX-512",
+        "x86_64+avx2" => "AVX2",
+        _ => "neither AVX-512 nor AVX2",
+    }
+}
+
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn scale_and_add(data: &mut [f32], scale: f32, addend: &[f32]) {
     for (x, &a) in data.iter_mut().zip(addend) {
@@ -774,6 +785,22 @@ mod tests {
 
     fn relative_error(got: f32, want: f64) -> f64 {
         ((got as f64 - want) / want).abs()
+    }
+
+    #[test]
+    fn the_vector_extension_reported_is_the_one_the_cpu_has() {
+        #[cfg(target_arch = "x86_64")]
+        let expected = {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            match (avx2, is_x86_feature_detected!("avx512f")) {
+                (true, true) => "AVX-512",
+                (true, false) => "AVX2",
+                (false, _) => "neither AVX-512 nor AVX2",
+            }
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let expected = "neither AVX-512 nor AVX2";
+        assert_eq!(vector_extension(), expected);
     }
 
     #[test]

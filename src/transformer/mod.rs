@@ -12,6 +12,24 @@ use crate::model::weights::tensor;
 pub mod amx;
 pub(crate) mod cpu_kernels;
 
+/// What the CPU kernels run with on this machine, as detected at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuKernels {
+    /// The vector instructions of the f32 loops: "AVX-512", "AVX2", or "neither AVX-512 nor
+    /// AVX2".
+    pub vector: &'static str,
+    /// Whether bf16 products run on AMX tiles (a bf16 model on the CPU).
+    pub amx_bf16: bool,
+}
+
+/// The kernels' own detection, so that a report names what they really run.
+pub fn cpu_kernels() -> CpuKernels {
+    CpuKernels {
+        vector: cpu_kernels::vector_extension(),
+        amx_bf16: amx::available(),
+    }
+}
+
 /// A product of two projections of `ln1(x)` whose row softmax is one attention map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gram {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use sclip::DEFAULT_MAX_PIXELS;
+use sclip::{DEFAULT_MAX_PIXELS, DEFAULT_MODEL};
 
 use sclip::Method;
 
@@ -16,10 +16,53 @@ use crate::jobs::{OutputOptions, OverlayFormat};
 /// The class list the usage messages suggest.
 pub const CLASSES_EXAMPLE: &str = "dog,boat,water";
 
+/// `sclip -V`: the version and the commit it was built from (`sclip --version` says more).
+const SHORT_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SCLIP_COMMIT"),
+    ")"
+);
+
+/// `sclip --version`: what a bug report needs. The CPU lines are this machine's, detected as the
+/// kernels detect them.
+pub fn long_version() -> String {
+    let commit = match env!("SCLIP_COMMIT") {
+        "unknown" => "unknown (not built from a git checkout)".to_string(),
+        commit => match commit.strip_suffix("-dirty") {
+            Some(clean) => format!("{clean}, with uncommitted changes"),
+            None => commit.to_string(),
+        },
+    };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let features = if cfg!(feature = "cuda") {
+        "cuda"
+    } else {
+        "none (no CUDA: build with --features cuda for GPUs)"
+    };
+    let kernels = sclip::cpu_kernels();
+    let amx = if kernels.amx_bf16 {
+        "yes (used by --dtype bf16)"
+    } else {
+        "no (--dtype bf16 computes in f32 on the CPU)"
+    };
+    format!(
+        "{}\ncommit: {commit}\ntarget: {} ({profile} build)\nfeatures: {features}\n\
+         CPU kernels on this machine: {}; AMX-BF16: {amx}",
+        env!("CARGO_PKG_VERSION"),
+        env!("SCLIP_TARGET"),
+        kernels.vector,
+    )
+}
+
 #[derive(Parser)]
 #[command(
     name = "sclip",
-    version,
+    version = SHORT_VERSION,
     about = "Segment images by free-text class names with CLIP and SCLIP's Correlative Self-Attention (no training)"
 )]
 pub struct Cli {
@@ -49,25 +92,58 @@ pub enum Command {
         /// A preset's name, e.g. voc21.
         name: Option<String>,
 
-        /// List this method's settings for each benchmark.
-        #[arg(long, default_value = Method::Sclip.name(), value_parser = method_parser(), conflicts_with = "name")]
+        /// The method whose settings are listed: for each benchmark, or in NAME's header.
+        #[arg(long, default_value = Method::Sclip.name(), value_parser = method_parser())]
         method: Method,
+    },
+    /// Download a model into the Hugging Face cache and print its folder.
+    ///
+    /// Prepares a machine that will run offline (HF_HUB_OFFLINE=1), or gives scripts the folder:
+    /// `MODEL_DIR=$(sclip download)`, then `--model "$MODEL_DIR"`.
+    #[command(after_help = DOWNLOAD_AFTER_HELP)]
+    Download(DownloadArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell or elvish).
+    ///
+    /// For bash: `sclip completions bash > ~/.local/share/bash-completion/completions/sclip`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a man page in roff, or write them all.
+    ///
+    /// `sclip man > sclip.1` prints sclip's, `sclip man segment > sclip-segment.1` a command's;
+    /// `sclip man --out-dir ~/.local/share/man/man1` writes every page.
+    Man {
+        /// The command whose page to print [default: sclip's own].
+        command: Option<String>,
+
+        /// Write sclip.1 and one sclip-COMMAND.1 per command into DIR, and print their paths.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        out_dir: Option<PathBuf>,
     },
 }
 
-/// Limits, environment and exit statuses, after the options of `sclip segment --help`.
-const SEGMENT_AFTER_HELP: &str = "\
-Limits:
-  --max-pixels N refuses an image declaring more pixels (as the decoder reads the header), and a
-  file larger than 8 bytes a pixel of it plus 64 MiB, before reading it. Pipes, devices and folders
-  given as images are refused without reading them. An image whose resized short side is under one
-  patch (16 pixels for ViT-B/16) fails alone. At most 256 classes and 1024 names (synonyms
-  included) per run, each name once (case and repeated spaces do not count).
+#[derive(Args)]
+pub struct DownloadArgs {
+    /// Hugging Face repo id.
+    #[arg(default_value = DEFAULT_MODEL, value_name = "REPO")]
+    pub model: String,
 
-Environment:
-  SCLIP_CACHE_DIR  text query cache (default $XDG_CACHE_HOME/sclip, else ~/.cache/sclip)
-  HF_HOME          Hugging Face home (default ~/.cache/huggingface): cache in $HF_HOME/hub,
-                   saved token in $HF_HOME/token
+    /// Hub revision: a branch, tag or commit.
+    #[arg(long, default_value = "main", value_name = "REV")]
+    pub revision: String,
+
+    /// Print only errors and the folder: no progress on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// The variables the hub client reads, in every command that can download a model.
+macro_rules! hub_environment_help {
+    () => {
+        "  HF_HOME          Hugging Face home (default $XDG_CACHE_HOME/huggingface, else
+                   ~/.cache/huggingface): cache in $HF_HOME/hub, saved token in $HF_HOME/token
   HF_HUB_CACHE     hub cache folder (default $HF_HOME/hub)
   HF_HUB_OFFLINE=1 use the cache only, never the network
   HF_ENDPOINT      hub mirror (default https://huggingface.co)
@@ -75,11 +151,56 @@ Environment:
                    sent to the hub only, never to the hosts it redirects downloads to
   HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT
                    seconds a silent hub is waited for (default 10 each)
+  HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY (or in lower case)
+                   proxy for the hub
   Downloads are checked (size, and SHA-256 for the weights) before they enter the cache.
+"
+    };
+}
 
+/// Every variable a command that runs the model reads (`concat!` it into an after-help).
+macro_rules! environment_help {
+    () => {
+        concat!(
+            "Environment:\n",
+            hub_environment_help!(),
+            "  SCLIP_CACHE_DIR  text query cache (default $XDG_CACHE_HOME/sclip, else ~/.cache/sclip)
+  XDG_CACHE_HOME   where both caches go by default (must be absolute for sclip's own)
+  RAYON_NUM_THREADS
+                   threads computing the model (default one per CPU this process may use);
+                   up to 4 more decode images beside them
+  NO_COLOR         honoured: help and usage errors are then plain; sclip's own output has no
+                   colours
+"
+        )
+    };
+}
+
+const DOWNLOAD_AFTER_HELP: &str = concat!(
+    "Environment:\n",
+    hub_environment_help!(),
+    "
+Exit status:
+  0 the model is in the cache (its folder printed); 1 it could not be fetched; 2 usage error."
+);
+
+/// Limits, environment and exit statuses, after the options of `sclip segment --help`.
+const SEGMENT_AFTER_HELP: &str = concat!(
+    "\
+Limits:
+  --max-pixels N refuses an image declaring more pixels (as the decoder reads the header), and a
+  file larger than 8 bytes a pixel of it plus 64 MiB, before reading it. Pipes, devices and folders
+  given as images are refused without reading them. An image whose resized short side is under one
+  patch (16 pixels for ViT-B/16) fails alone. At most 256 classes and 1024 names (synonyms
+  included) per run, each name once (case and repeated spaces do not count).
+
+",
+    environment_help!(),
+    "
 Exit status:
   0 every image segmented or skipped; 1 any image failed; 2 usage error, nothing started;
-  128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).";
+  128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)."
+);
 
 /// "[default: 40, or the preset's]": a default that a preset may change, read from the library.
 pub fn preset_default(help: &str, default: impl std::fmt::Display) -> String {

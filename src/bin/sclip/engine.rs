@@ -7,7 +7,8 @@ use anyhow::{anyhow, Context, Result};
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Args;
 
-use sclip::model::{resolve_model_with, ClipConfig, HubOptions};
+use candle_core::DeviceLocation;
+use sclip::model::{resolve_model_with, ClipConfig, HubOptions, ModelFiles};
 use sclip::presets::{self, Preset};
 use sclip::text::cache::default_cache_dir;
 use sclip::{
@@ -16,6 +17,7 @@ use sclip::{
 };
 
 use crate::args::{preset_default, Precision, CLASSES_EXAMPLE};
+use crate::messages::shown_path;
 use crate::report::describe_text;
 use crate::Failure;
 
@@ -206,6 +208,15 @@ impl EngineArgs {
             .validate_for_patch(config.vision.patch_size)
             .map_err(|error| Failure::Usage(error.into()))?;
         let model = Model::load(files, device, self.dtype.into()).with_context(cannot_load)?;
+        if chatter.verbose {
+            eprintln!("sclip: {}", describe_files(model.files()));
+            eprintln!(
+                "sclip: device {}, dtype {}: {}",
+                device_name(device),
+                sclip::DType::from(self.dtype).as_str(),
+                model.kernels()
+            );
+        }
         if let (true, Some(note)) = (chatter.verbose, model.compute_note()) {
             eprintln!("sclip: {note}");
         }
@@ -236,6 +247,32 @@ impl EngineArgs {
             eprintln!("sclip: warning: the damaged query cache file {file} was not used; encoded the queries again");
         }
         Segmenter::new(model, queries, settings)
+    }
+}
+
+/// Which files a model was loaded from: the hub repo, revision and commit, or the local folder.
+pub fn describe_files(files: &ModelFiles) -> String {
+    let weights = files
+        .weights
+        .path()
+        .file_name()
+        .map_or_else(String::new, |name| format!(" ({})", name.to_string_lossy()));
+    let folder = shown_path(files.folder());
+    match &files.hub {
+        Some(hub) => format!(
+            "model {} at commit {} (revision {}), files in {folder}{weights}",
+            hub.repo_id, hub.commit, hub.revision
+        ),
+        None => format!("model files in the local folder {folder}{weights}"),
+    }
+}
+
+/// A device as --device names it.
+fn device_name(device: &Device) -> String {
+    match device.location() {
+        DeviceLocation::Cpu => "cpu".to_string(),
+        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
 

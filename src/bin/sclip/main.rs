@@ -5,6 +5,8 @@
 //! truth.
 
 mod args;
+mod completions;
+mod download;
 mod engine;
 mod eval;
 mod html_report;
@@ -19,7 +21,7 @@ mod writer;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use args::{Cli, Command};
 use messages::one_line;
@@ -46,11 +48,21 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_SIGNALLED: i32 = 128;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut command = Cli::command();
+    // Read from this machine's CPU, so only when asked for: detecting AMX asks the kernel for
+    // the tile state, which no other command needs unless it runs in bf16.
+    if std::env::args_os().skip(1).any(|arg| arg == "--version") {
+        command = command.long_version(args::long_version());
+    }
+    let matches = command.get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let result = match cli.command {
         Command::Segment(args) => segment::run(*args),
         Command::Eval(args) => eval::run(*args),
         Command::Presets { name, method } => presets::list(name.as_deref(), method),
+        Command::Download(args) => download::run(args),
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man { command, out_dir } => completions::man(command.as_deref(), out_dir),
     };
     match result {
         Ok(code) => code,

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use sclip::presets::{self, PRESETS};
+use sclip::presets::{self, Preset, PRESETS};
 use sclip::Method;
 
 use crate::Failure;
@@ -13,7 +13,11 @@ pub fn list(name: Option<&str>, method: Method) -> Result<ExitCode, Failure> {
     match name {
         Some(name) => {
             let preset = presets::find(name).map_err(Failure::Usage)?;
-            write_stdout(preset.class_file);
+            write_stdout(&format!(
+                "{}{}",
+                settings_header(preset, method),
+                preset.class_file
+            ));
         }
         None => {
             let mut table = String::new();
@@ -56,6 +60,45 @@ pub fn list(name: Option<&str>, method: Method) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The comment block printed above a preset's class file: the settings live in the preset, not
+/// in the file, so an edited copy keeps them only when passed along with `--preset`.
+fn settings_header(preset: &Preset, method: Method) -> String {
+    let tuning = preset.tuning(method);
+    let area = tuning
+        .area_thd
+        .map_or_else(|| "off".to_string(), |area| area.to_string());
+    let pamr = match tuning.pamr_steps {
+        0 => "off".to_string(),
+        steps => format!("{steps} steps"),
+    };
+    let name = preset.name;
+    // The command that keeps them names the method too, unless it is the default.
+    let method_flag = match method {
+        Method::Sclip => String::new(),
+        other => format!(" --method {}", other.name()),
+    };
+    format!(
+        "# `sclip presets {name} --method {method}`: the preset's class file, below. The preset also\n\
+         # sets, for --method {method}:\n\
+         #   short side {}, window {}, stride {}, logit scale {}, prob thd {}, area thd {area},\n\
+         #   PAMR {pamr}\n\
+         #   (from {})\n\
+         # They come from the preset, not from this file: an edited copy keeps them only when\n\
+         # passed with the preset,\n\
+         #   sclip segment --preset {name}{method_flag} --classes-file edited.txt ...\n\
+         # while --classes-file alone runs with sclip's defaults. Options given explicitly override\n\
+         # either.\n\
+         #\n",
+        tuning.short_side,
+        tuning.window,
+        tuning.stride,
+        tuning.logit_scale,
+        tuning.prob_thd,
+        presets::tuning_source(method),
+        method = method.name(),
+    )
 }
 
 /// A reader that stops early (`sclip presets | head`) is not an error.
