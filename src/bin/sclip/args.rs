@@ -176,6 +176,9 @@ macro_rules! environment_help {
     };
 }
 
+/// For the commands whose after-help is built at run time.
+pub const ENVIRONMENT_HELP: &str = environment_help!();
+
 const DOWNLOAD_AFTER_HELP: &str = concat!(
     "Environment:\n",
     hub_environment_help!(),

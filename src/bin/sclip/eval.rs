@@ -24,6 +24,7 @@ use sclip::stream::StreamOptions;
 use sclip::text::cache::default_cache_dir;
 use sclip::ClassList;
 
+use crate::args::ENVIRONMENT_HELP;
 use crate::engine::{Chatter, ClassArgs, EngineArgs};
 use crate::messages::{escape_controls, one_line, shown_path};
 use crate::report::{progress_bar, settings_json};
@@ -103,7 +104,12 @@ Resuming:
   interrupted eval (Ctrl-C, SIGTERM) run again counts the cached images without segmenting them;
   a damaged cache file is detected and its image segmented again. --no-cache concerns the text
   queries only; delete the folder to forget the counts.
-
+",
+    );
+    help.push('\n');
+    help.push_str(ENVIRONMENT_HELP);
+    help.push_str(
+        "
 Exit status:
   0 every image of the split counted, metrics printed; 1 any image failed (no metrics: a mean
   over fewer images is not the split's; the others are cached, so a rerun resumes); 2 usage
