@@ -37,7 +37,12 @@ pub fn sclip_process() -> std::process::Command {
 
 /// `sclip segment` with the fixture model and small windows, so that each image takes one or two.
 pub fn segment() -> Command {
-    let mut cmd = sclip();
+    Command::from_std(segment_process())
+}
+
+/// [`segment`] as a plain process, for tests that choose its stdin and stdout themselves.
+pub fn segment_process() -> std::process::Command {
+    let mut cmd = sclip_process();
     cmd.arg("segment")
         .arg("--model")
         .arg(fixture_model())
