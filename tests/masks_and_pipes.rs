@@ -7,30 +7,13 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use common::{fixture_image, json_lines, read_label_png, segment, segment_process};
+use common::{fixture_image, json_lines, read_8_bit_png, read_label_png, segment, segment_process};
 
 const PHOTO: &str = "astronaut.jpg";
 
-/// The raw bytes of an 8-bit greyscale PNG, with its size.
+/// The class indices of a `--label-format grey` mask, with its size.
 fn read_grey_png(path: &Path) -> (usize, usize, Vec<u8>) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .unwrap();
-    let info = reader.info();
-    assert_eq!(
-        info.color_type,
-        png::ColorType::Grayscale,
-        "{}",
-        path.display()
-    );
-    assert_eq!(info.bit_depth, png::BitDepth::Eight);
-    assert!(info.palette.is_none());
-    let (width, height) = (info.width as usize, info.height as usize);
-    let mut buffer = vec![0; reader.output_buffer_size().unwrap()];
-    let frame = reader.next_frame(&mut buffer).unwrap();
-    buffer.truncate(frame.buffer_size());
-    (width, height, buffer)
+    read_8_bit_png(path, png::ColorType::Grayscale)
 }
 
 fn stderr(output: &Output) -> String {

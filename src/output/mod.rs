@@ -99,7 +99,7 @@ pub fn stage_label_png_as(
     check_label_count(labels.len(), width, height)
         .and_then(|()| {
             Staged::write(path, |out| {
-                encode_label_png(out, labels, width, height, format)
+                write_label_png(out, labels, width, height, format)
             })
         })
         .with_context(|| format!("cannot write mask {}", path.display()))
@@ -115,16 +115,6 @@ pub fn write_label_png(
     format: LabelFormat,
 ) -> Result<()> {
     check_label_count(labels.len(), width, height)?;
-    encode_label_png(out, labels, width, height, format)
-}
-
-fn encode_label_png(
-    out: &mut dyn Write,
-    labels: &[u8],
-    width: u32,
-    height: u32,
-    format: LabelFormat,
-) -> Result<()> {
     let mut encoder = png::Encoder::new(out, width, height);
     encoder.set_color(format.color_type());
     encoder.set_depth(png::BitDepth::Eight);

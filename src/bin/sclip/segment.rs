@@ -53,9 +53,10 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
             "folders need --out DIR: masks written beside the images would be taken for images by the next run"
         )));
     }
-    let stdin_image = match pipes.stdin {
-        true => Some(StdinImage::read(args.max_pixels)?),
-        false => None,
+    let stdin_image = if pipes.stdin {
+        Some(StdinImage::read(args.max_pixels)?)
+    } else {
+        None
     };
     let discovery = match &stdin_image {
         Some(_) => Discovery {
