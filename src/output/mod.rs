@@ -37,8 +37,50 @@ pub fn voc_palette() -> [[u8; 3]; 256] {
     palette
 }
 
-/// Stages an 8-bit paletted PNG whose pixel values are the class indices in `labels`
-/// (row-major, `width * height` entries) and whose palette is [`voc_palette`].
+/// How a label PNG stores its class indices. Both hold the index itself as each pixel's 8-bit
+/// value; they differ in what readers that convert to colour make of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LabelFormat {
+    /// Paletted, with [`voc_palette`], like the PASCAL VOC ground truth: viewers show the class
+    /// colours, and PIL's `Image.open` and a `png` reader without transformations give indices.
+    /// OpenCV's `imread` converts to colours (even with `IMREAD_UNCHANGED`).
+    #[default]
+    Palette,
+    /// Greyscale: `cv2.imread(path, cv2.IMREAD_UNCHANGED)`, PIL and every other reader give the
+    /// indices; a viewer shows near-black shades.
+    Grey,
+}
+
+impl LabelFormat {
+    fn color_type(self) -> png::ColorType {
+        match self {
+            LabelFormat::Palette => png::ColorType::Indexed,
+            LabelFormat::Grey => png::ColorType::Grayscale,
+        }
+    }
+
+    /// Whether `header`, the start of a file, is an 8-bit PNG in this format. Reads the IHDR
+    /// chunk, which the PNG format requires to come first, so 26 bytes are enough.
+    pub fn matches_png_header(self, header: &[u8]) -> bool {
+        const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+        const IHDR_AT: usize = 12;
+        const BIT_DEPTH_AT: usize = 24;
+        const COLOR_TYPE_AT: usize = 25;
+        header.len() > COLOR_TYPE_AT
+            && header.starts_with(SIGNATURE)
+            && &header[IHDR_AT..IHDR_AT + 4] == b"IHDR"
+            && header[BIT_DEPTH_AT] == png::BitDepth::Eight as u8
+            && header[COLOR_TYPE_AT] == self.color_type() as u8
+    }
+}
+
+/// Stages a [`LabelFormat::Palette`] label PNG: see [`stage_label_png_as`].
+pub fn stage_label_png(path: &Path, labels: &[u8], width: u32, height: u32) -> Result<Staged> {
+    stage_label_png_as(path, labels, width, height, LabelFormat::Palette)
+}
+
+/// Stages an 8-bit PNG whose pixel values are the class indices in `labels` (row-major,
+/// `width * height` entries), paletted with [`voc_palette`] or greyscale as `format` says.
 ///
 /// The full 256-entry palette is always written, not just the entries up to the largest label:
 /// every possible `u8` label is then a valid palette index (PNG decoders treat an index past the
@@ -48,10 +90,42 @@ pub fn voc_palette() -> [[u8; 3]; 256] {
 ///
 /// No `tRNS` chunk is written, so viewers show every class opaque, and a `png` reader without
 /// transformations reads back the raw indices.
-pub fn stage_label_png(path: &Path, labels: &[u8], width: u32, height: u32) -> Result<Staged> {
+pub fn stage_label_png_as(
+    path: &Path,
+    labels: &[u8],
+    width: u32,
+    height: u32,
+    format: LabelFormat,
+) -> Result<Staged> {
     check_label_count(labels.len(), width, height)
-        .and_then(|()| Staged::write(path, |out| encode_label_png(out, labels, width, height)))
+        .and_then(|()| {
+            Staged::write(path, |out| {
+                write_label_png(out, labels, width, height, format)
+            })
+        })
         .with_context(|| format!("cannot write mask {}", path.display()))
+}
+
+/// Encodes the label PNG that [`stage_label_png_as`] stages into `out` (a pipe, say), after the
+/// same check of the label count.
+pub fn write_label_png(
+    out: &mut dyn Write,
+    labels: &[u8],
+    width: u32,
+    height: u32,
+    format: LabelFormat,
+) -> Result<()> {
+    check_label_count(labels.len(), width, height)?;
+    let mut encoder = png::Encoder::new(out, width, height);
+    encoder.set_color(format.color_type());
+    encoder.set_depth(png::BitDepth::Eight);
+    if format == LabelFormat::Palette {
+        encoder.set_palette(voc_palette().as_flattened().to_vec());
+    }
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(labels)?;
+    writer.finish()?;
+    Ok(())
 }
 
 fn check_label_count(label_count: usize, width: u32, height: u32) -> Result<()> {
@@ -66,18 +140,6 @@ fn check_label_count(label_count: usize, width: u32, height: u32) -> Result<()> 
         label_count as u64 == pixel_count,
         "{label_count} labels given for a {width}x{height} mask ({pixel_count} pixels)"
     );
-    Ok(())
-}
-
-fn encode_label_png(out: &mut dyn Write, labels: &[u8], width: u32, height: u32) -> Result<()> {
-    let palette = voc_palette();
-    let mut encoder = png::Encoder::new(out, width, height);
-    encoder.set_color(png::ColorType::Indexed);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_palette(palette.as_flattened());
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(labels)?;
-    writer.finish()?;
     Ok(())
 }
 
@@ -256,6 +318,66 @@ mod tests {
         let void_pixel = 11; // row 2, column 1
         assert_eq!(labels[void_pixel], 255);
         assert_eq!(rgb[void_pixel * 3..][..3], [224, 224, 192]);
+    }
+
+    #[test]
+    fn grey_label_png_holds_the_same_indices_without_a_palette() {
+        let directory = tempfile::tempdir().unwrap();
+        let (palette_path, grey_path) = (
+            directory.path().join("palette.png"),
+            directory.path().join("grey.png"),
+        );
+        let labels: Vec<u8> = (0..=255).chain([0, 15, 255, 1]).collect();
+        for (path, format) in [
+            (&palette_path, LabelFormat::Palette),
+            (&grey_path, LabelFormat::Grey),
+        ] {
+            stage_label_png_as(path, &labels, 26, 10, format)
+                .unwrap()
+                .commit()
+                .unwrap();
+        }
+
+        let grey_bytes = fs::read(&grey_path).unwrap();
+        let mut reader = png::Decoder::new(Cursor::new(&grey_bytes))
+            .read_info()
+            .unwrap();
+        let info = reader.info();
+        assert_eq!(info.color_type, png::ColorType::Grayscale);
+        assert_eq!(info.bit_depth, png::BitDepth::Eight);
+        assert!(info.palette.is_none() && info.trns.is_none());
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        let frame = reader.next_frame(&mut pixels).unwrap();
+        assert_eq!(&pixels[..frame.buffer_size()], labels.as_slice());
+        // The image crate is how most Rust code would read it, and it applies no palette here.
+        let decoded = image::load_from_memory(&grey_bytes).unwrap();
+        assert_eq!(decoded.as_luma8().unwrap().as_raw(), &labels);
+
+        let palette_bytes = fs::read(&palette_path).unwrap();
+        assert!(LabelFormat::Palette.matches_png_header(&palette_bytes));
+        assert!(!LabelFormat::Grey.matches_png_header(&palette_bytes));
+        assert!(LabelFormat::Grey.matches_png_header(&grey_bytes));
+        assert!(!LabelFormat::Palette.matches_png_header(&grey_bytes));
+        assert!(!LabelFormat::Grey.matches_png_header(&grey_bytes[..25]));
+        assert!(!LabelFormat::Grey.matches_png_header(b"GIF89a not a png at all, no"));
+    }
+
+    #[test]
+    fn writing_a_label_png_to_a_stream_gives_the_bytes_of_the_staged_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("mask.png");
+        let labels = [0, 1, 2, 3, 4, 5];
+        for format in [LabelFormat::Palette, LabelFormat::Grey] {
+            stage_label_png_as(&path, &labels, 3, 2, format)
+                .unwrap()
+                .commit()
+                .unwrap();
+            let mut streamed = Vec::new();
+            write_label_png(&mut streamed, &labels, 3, 2, format).unwrap();
+            assert_eq!(streamed, fs::read(&path).unwrap(), "{format:?}");
+        }
+        let error = write_label_png(&mut Vec::new(), &labels, 2, 2, LabelFormat::Grey);
+        assert!(format!("{:#}", error.unwrap_err()).contains("6 labels given for a 2x2 mask"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! The legend text uses the public-domain 8x8 bitmap font from `font8x8`, drawn at an integer
 //! scale, so no font file ships with the program and the output is the same on every machine.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -13,12 +14,50 @@ use image::codecs::png::PngEncoder;
 use image::RgbImage;
 
 use crate::atomic_write::Staged;
+use crate::output::voc_palette;
+use crate::{ClassList, PostprocessParams};
 
 /// One legend entry: a class present in the mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegendEntry<'a> {
     pub name: &'a str,
     pub colour: [u8; 3],
+}
+
+/// Class 0's colour in overlays and legends when it is an object, not background (see
+/// [`overlay_palette`]): orange. No VOC palette entry has a channel above 224, so it is told
+/// apart from every other class's colour.
+pub const OBJECT_CLASS_ZERO_COLOUR: [u8; 3] = [255, 128, 0];
+
+/// A class 0 named like this (any of its names, ignoring case) is background whatever the
+/// thresholds.
+const BACKGROUND_NAME: &str = "background";
+
+/// Whether class 0 is background, which VOC draws black: when the thresholds in force can put
+/// pixels in it (`prob_thd` above 0 sends unsure pixels to class 0, and `area_thd` removes small
+/// classes other than 0, as the benchmark presets with a background do), or when one of its
+/// names is "background". Otherwise it is an object like the others ("person" of
+/// `person,car,road`), and black would hide it.
+pub fn class_zero_is_background(classes: &ClassList, postprocess: &PostprocessParams) -> bool {
+    let thresholds_fill_it = postprocess.prob_thd > 0.0 || postprocess.area_thd.is_some();
+    let (names, owners) = classes.queries();
+    thresholds_fill_it
+        || names
+            .iter()
+            .zip(owners)
+            .any(|(name, class)| class == 0 && name.trim().eq_ignore_ascii_case(BACKGROUND_NAME))
+}
+
+/// The colours overlays and legends draw each class in: the label PNGs' [`voc_palette`], so a
+/// class looks the same in both, except that class 0, when it is not background, is drawn in
+/// [`OBJECT_CLASS_ZERO_COLOUR`] rather than VOC's background black. The label values and the
+/// PNG palette stay standard; only what people look at changes.
+pub fn overlay_palette(class_zero_is_background: bool) -> [[u8; 3]; 256] {
+    let mut palette = voc_palette();
+    if !class_zero_is_background {
+        palette[0] = OBJECT_CLASS_ZERO_COLOUR;
+    }
+    palette
 }
 
 const STRIP_BACKGROUND: [u8; 3] = [255, 255, 255];
@@ -270,17 +309,20 @@ impl Canvas<'_> {
 const ACCEPTED_EXTENSIONS: &str = ".png, .jpg or .jpeg (any case)";
 const JPEG_QUALITY: u8 = 90;
 
+/// The file formats an overlay is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encoding {
+pub enum OverlayEncoding {
+    /// 8-bit RGB, lossless.
     Png,
+    /// Quality 90.
     Jpeg,
 }
 
-fn encoding_for(path: &Path) -> Option<Encoding> {
+fn encoding_for(path: &Path) -> Option<OverlayEncoding> {
     let extension = path.extension()?.to_str()?.to_ascii_lowercase();
     match extension.as_str() {
-        "png" => Some(Encoding::Png),
-        "jpg" | "jpeg" => Some(Encoding::Jpeg),
+        "png" => Some(OverlayEncoding::Png),
+        "jpg" | "jpeg" => Some(OverlayEncoding::Jpeg),
         _ => None,
     }
 }
@@ -295,22 +337,28 @@ pub fn stage_overlay(path: &Path, overlay: &RgbImage) -> Result<Staged> {
             path.display()
         );
     };
-    Staged::write(path, |out| {
-        match encoding {
-            Encoding::Png => overlay.write_with_encoder(PngEncoder::new(out))?,
-            Encoding::Jpeg => {
-                overlay.write_with_encoder(JpegEncoder::new_with_quality(out, JPEG_QUALITY))?
-            }
+    Staged::write(path, |out| write_overlay(out, overlay, encoding))
+        .with_context(|| format!("cannot write overlay {}", path.display()))
+}
+
+/// Encodes `overlay` into `out` (a pipe, say) as [`stage_overlay`] would for the encoding.
+pub fn write_overlay(
+    out: &mut dyn Write,
+    overlay: &RgbImage,
+    encoding: OverlayEncoding,
+) -> Result<()> {
+    match encoding {
+        OverlayEncoding::Png => overlay.write_with_encoder(PngEncoder::new(out))?,
+        OverlayEncoding::Jpeg => {
+            overlay.write_with_encoder(JpegEncoder::new_with_quality(out, JPEG_QUALITY))?
         }
-        Ok(())
-    })
-    .with_context(|| format!("cannot write overlay {}", path.display()))
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::voc_palette;
     use image::Rgb;
 
     const PERSON: [u8; 3] = [192, 128, 128];
@@ -342,6 +390,54 @@ mod tests {
 
     fn count(pixels: &[[u8; 3]], colour: [u8; 3]) -> usize {
         pixels.iter().filter(|&&pixel| pixel == colour).count()
+    }
+
+    fn thresholds(prob_thd: f32, area_thd: Option<f32>) -> PostprocessParams {
+        PostprocessParams {
+            logit_scale: 40.0,
+            prob_thd,
+            area_thd,
+        }
+    }
+
+    #[test]
+    fn class_zero_is_background_when_thresholds_fill_it_or_it_is_named_so() {
+        let objects = ClassList::parse_inline("person,car,road").unwrap();
+        assert!(!class_zero_is_background(&objects, &thresholds(0.0, None)));
+        assert!(class_zero_is_background(&objects, &thresholds(0.1, None)));
+        assert!(class_zero_is_background(
+            &objects,
+            &thresholds(0.0, Some(0.1))
+        ));
+        let named = ClassList::parse_inline("sky|Background,person").unwrap();
+        assert!(class_zero_is_background(&named, &thresholds(0.0, None)));
+        // Only class 0 decides: a background elsewhere in the list is a class like the others.
+        let later = ClassList::parse_inline("person,background").unwrap();
+        assert!(!class_zero_is_background(&later, &thresholds(0.0, None)));
+    }
+
+    #[test]
+    fn an_object_class_zero_is_visible_in_the_overlay_and_the_legend() {
+        let palette = overlay_palette(false);
+        assert_eq!(palette[0], OBJECT_CLASS_ZERO_COLOUR);
+        assert_eq!(palette[1..], voc_palette()[1..]);
+        assert!(!voc_palette().contains(&OBJECT_CLASS_ZERO_COLOUR));
+        assert_eq!(overlay_palette(true), voc_palette());
+
+        let photo = flat_photo(40, 30, [20, 20, 20]);
+        let legend = [LegendEntry {
+            name: "person",
+            colour: palette[0],
+        }];
+        let overlay = render_overlay(&photo, &[0; 1200], &palette, 0.5, &legend);
+        let person = overlay.get_pixel(10, 10).0;
+        assert!(
+            person.iter().map(|&v| u32::from(v)).sum::<u32>() > 3 * 64,
+            "class 0 is near-black: {person:?}"
+        );
+        assert_eq!(person, [138, 74, 10]);
+        let strip = strip_pixels(&overlay, 30);
+        assert!(count(&strip, OBJECT_CLASS_ZERO_COLOUR) > 0, "legend swatch");
     }
 
     #[test]

@@ -39,7 +39,12 @@ pub fn sclip_process() -> std::process::Command {
 
 /// `sclip segment` with the fixture model and small windows, so that each image takes one or two.
 pub fn segment() -> Command {
-    let mut cmd = sclip();
+    Command::from_std(segment_process())
+}
+
+/// [`segment`] as a plain process, for tests that choose its stdin and stdout themselves.
+pub fn segment_process() -> std::process::Command {
+    let mut cmd = sclip_process();
     cmd.arg("segment")
         .arg("--model")
         .arg(fixture_model())
@@ -227,6 +232,12 @@ impl Npy {
 
 /// The raw palette indices of a paletted PNG (no expansion to RGB), with its size.
 pub fn read_label_png(path: &Path) -> (usize, usize, Vec<u8>) {
+    read_8_bit_png(path, png::ColorType::Indexed)
+}
+
+/// The raw 8-bit samples of a one-sample-a-pixel PNG of `color_type` (paletted or greyscale, read
+/// without transformations), with its size.
+pub fn read_8_bit_png(path: &Path, color_type: png::ColorType) -> (usize, usize, Vec<u8>) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut reader = png::Decoder::new(std::io::BufReader::new(file))
         .read_info()
@@ -234,8 +245,8 @@ pub fn read_label_png(path: &Path) -> (usize, usize, Vec<u8>) {
     let info = reader.info();
     assert_eq!(
         info.color_type,
-        png::ColorType::Indexed,
-        "{} is not paletted",
+        color_type,
+        "{} is not {color_type:?}",
         path.display()
     );
     assert_eq!(info.bit_depth, png::BitDepth::Eight);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use sclip::output::LabelFormat;
 use sclip::{DEFAULT_MAX_PIXELS, DEFAULT_MODEL};
 
 use sclip::Method;
@@ -72,8 +73,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Segment images and folders of images: writes <stem>.png per image, an 8-bit paletted PNG
-    /// whose pixel values are class indices.
+    /// Segment images and folders of images: writes <stem>.png per image, an 8-bit paletted (or
+    /// greyscale) PNG whose pixel values are class indices.
     ///
     /// Exit status: 0 when every image was segmented (or skipped), 1 when any failed, 2 for
     /// usage errors (nothing started), 128+N when stopped by signal N (130 Ctrl-C, 143 SIGTERM,
@@ -193,8 +194,8 @@ const SEGMENT_AFTER_HELP: &str = concat!(
 Limits:
   --max-pixels N refuses an image declaring more pixels (as the decoder reads the header), and a
   file larger than 8 bytes a pixel of it plus 64 MiB, before reading it. Pipes, devices and folders
-  given as images are refused without reading them. An image whose resized short side is under one
-  patch (16 pixels for ViT-B/16) fails alone. At most 256 classes and 1024 names (synonyms
+  given as images are refused without reading them; - reads stdin, up to the same size. An image
+  whose resized short side is under one patch (16 pixels for ViT-B/16) fails alone. At most 256 classes and 1024 names (synonyms
   included) per run, each name once (case and repeated spaces do not count).
 
 ",
@@ -213,7 +214,8 @@ pub fn preset_default(help: &str, default: impl std::fmt::Display) -> String {
 #[derive(Args)]
 pub struct SegmentArgs {
     /// Images and folders of images (folders need --out). Files in folders are kept when their
-    /// extension or their content is an image's: JPEG, PNG, WebP, BMP, TIFF, GIF, ...
+    /// extension or their content is an image's: JPEG, PNG, WebP, BMP, TIFF, GIF, ... A lone -
+    /// reads one image from stdin (with -o -).
     #[arg(value_name = "PATH", required_unless_present = "files_from")]
     pub images: Vec<PathBuf>,
 
@@ -237,9 +239,17 @@ pub struct SegmentArgs {
     #[command(flatten)]
     pub classes: ClassArgs,
 
-    /// Folder for the outputs, mirroring the inputs' folders [default: beside each image].
+    /// Folder for the outputs, mirroring the inputs' folders [default: beside each image]. -
+    /// writes one image's mask to stdout (its overlay instead, with --overlay), e.g.
+    /// `sclip segment - -c cat,sofa -o - < in.jpg > mask.png`.
     #[arg(short, long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+
+    /// How masks store the class indices: palette (VOC-style colours; PIL reads indices) or grey
+    /// (8-bit greyscale; OpenCV's imread with IMREAD_UNCHANGED reads indices too). With
+    /// --skip-existing, a mask in the other format counts as not done and is rewritten.
+    #[arg(long, value_enum, default_value = "palette", value_name = "FORMAT")]
+    pub label_format: LabelFormatKind,
 
     /// Also write <stem>.probs.npy: float32 per-class scores, classes x height x width.
     #[arg(long)]
@@ -296,6 +306,10 @@ impl SegmentArgs {
                 OverlayKind::Jpg => OverlayFormat::Jpeg,
                 OverlayKind::Png => OverlayFormat::Png,
             }),
+            label_format: match self.label_format {
+                LabelFormatKind::Palette => LabelFormat::Palette,
+                LabelFormatKind::Grey => LabelFormat::Grey,
+            },
         }
     }
 }
@@ -304,6 +318,12 @@ impl SegmentArgs {
 pub enum OverlayKind {
     Jpg,
     Png,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LabelFormatKind {
+    Palette,
+    Grey,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -27,7 +27,7 @@ use sclip::ClassList;
 use crate::args::ENVIRONMENT_HELP;
 use crate::engine::{Chatter, ClassArgs, EngineArgs};
 use crate::messages::{escape_controls, one_line, shown_path};
-use crate::report::{progress_bar, settings_json};
+use crate::report::{progress_bar, settings_json, Throughput};
 use crate::signals::stop_on_signals;
 use crate::{Failure, EXIT_SIGNALLED};
 
@@ -207,8 +207,9 @@ pub fn run(args: EvalArgs) -> Result<ExitCode, Failure> {
         }
     }
 
+    let throughput = Throughput::start();
     let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = progress_bar(samples.len());
+        let bar = progress_bar(samples.len(), throughput.clone());
         bar.set_position(resumed.cached as u64);
         bar.reset_eta();
         bar
@@ -236,6 +237,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode, Failure> {
                 match end {
                     ImageEnd::Counted { not_cached } => {
                         counted += 1;
+                        throughput.add_one();
                         if let (Some(error), false) = (not_cached, cache_warned) {
                             cache_warned = true;
                             say(&format!(

@@ -20,7 +20,6 @@ use sha2::{Digest, Sha256};
 
 use sclip::atomic_write::write_atomically;
 use sclip::output::thumbnail::thumbnail_size;
-use sclip::output::voc_palette;
 use sclip::ClassList;
 
 use crate::jobs::Job;
@@ -41,6 +40,8 @@ pub struct PageReport<'a> {
     /// browser resolves them against the page's own address.
     base: PathBuf,
     classes: &'a ClassList,
+    /// The class colours of the overlays, for the swatches beside each class's name.
+    colours: [[u8; 3]; 256],
     /// Each image's card, in the order the run reported them.
     cards: Vec<String>,
     /// For each class, how many of this run's images it is found in.
@@ -50,7 +51,12 @@ pub struct PageReport<'a> {
 impl<'a> PageReport<'a> {
     /// Where `--report` puts the page: a bare file name goes into `--out` when given (beside the
     /// outputs); any other path, or a bare name without `--out`, is taken as it is.
-    pub fn plan(report: &Path, out: Option<&Path>, classes: &'a ClassList) -> Result<Self> {
+    pub fn plan(
+        report: &Path,
+        out: Option<&Path>,
+        classes: &'a ClassList,
+        colours: [[u8; 3]; 256],
+    ) -> Result<Self> {
         if report.as_os_str() == "-" {
             bail!(
                 "--report needs a file name: the page links thumbnails in a folder beside it, so \
@@ -113,6 +119,7 @@ impl<'a> PageReport<'a> {
             thumbnails,
             base,
             classes,
+            colours,
             cards: Vec::new(),
             images_with_class: vec![0; classes.len()],
         })
@@ -209,7 +216,7 @@ impl<'a> PageReport<'a> {
             let _ = write!(
                 card,
                 "<li>{}{} <span>{}</span></li>",
-                swatch(class),
+                swatch(self.colours[class]),
                 html(&escape_controls(self.classes.display_name(class))),
                 percent(fraction)
             );
@@ -375,8 +382,7 @@ fn open_card(status: &str, classes: &str) -> String {
     format!("<article data-s=\"{status}\" data-c=\"{classes}\">")
 }
 
-fn swatch(class: usize) -> String {
-    let [r, g, b] = voc_palette()[class];
+fn swatch([r, g, b]: [u8; 3]) -> String {
     format!("<i style=\"background:#{r:02x}{g:02x}{b:02x}\"></i>")
 }
 
@@ -614,6 +620,7 @@ const SCRIPT: &str = r##"
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sclip::output::voc_palette;
 
     #[test]
     fn markup_quotes_and_ampersands_are_escaped() {
@@ -666,22 +673,33 @@ mod tests {
     #[test]
     fn a_bare_name_goes_into_out_and_a_path_is_taken_as_it_is() {
         let classes = ClassList::parse_inline("dog,cat").unwrap();
-        let bare = PageReport::plan(Path::new("r.html"), Some(Path::new("masks")), &classes);
+        let bare = PageReport::plan(
+            Path::new("r.html"),
+            Some(Path::new("masks")),
+            &classes,
+            voc_palette(),
+        );
         let bare = bare.unwrap();
         assert_eq!(bare.page, Path::new("masks/r.html"));
         assert_eq!(bare.thumbnails, Path::new("masks/r_files"));
-        let given = PageReport::plan(Path::new("./r.html"), Some(Path::new("masks")), &classes);
+        let given = PageReport::plan(
+            Path::new("./r.html"),
+            Some(Path::new("masks")),
+            &classes,
+            voc_palette(),
+        );
         assert_eq!(given.unwrap().page, Path::new("./r.html"));
-        let alone = PageReport::plan(Path::new("r.HTM"), None, &classes).unwrap();
+        let alone = PageReport::plan(Path::new("r.HTM"), None, &classes, voc_palette()).unwrap();
         assert_eq!(alone.page, Path::new("r.HTM"));
     }
 
     #[test]
     fn a_page_name_that_is_not_html_or_stdout_is_refused() {
         let classes = ClassList::parse_inline("dog").unwrap();
-        let error = PageReport::plan(Path::new("report"), None, &classes).unwrap_err();
+        let error =
+            PageReport::plan(Path::new("report"), None, &classes, voc_palette()).unwrap_err();
         assert!(error.to_string().contains("must end in .html"), "{error}");
-        let error = PageReport::plan(Path::new("-"), None, &classes).unwrap_err();
+        let error = PageReport::plan(Path::new("-"), None, &classes, voc_palette()).unwrap_err();
         assert!(
             error.to_string().contains("cannot be written to stdout"),
             "{error}"
@@ -691,7 +709,8 @@ mod tests {
     #[test]
     fn thumbnails_are_named_by_their_mask_and_stay_the_same_across_runs() {
         let classes = ClassList::parse_inline("dog").unwrap();
-        let page = PageReport::plan(Path::new("out/r.html"), None, &classes).unwrap();
+        let page =
+            PageReport::plan(Path::new("out/r.html"), None, &classes, voc_palette()).unwrap();
         let job = |mask: &str| Job {
             image: PathBuf::from("photos/x.jpg"),
             mask: PathBuf::from(mask),

@@ -13,7 +13,11 @@ use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
+use anyhow::Context;
 use image::ImageFormat;
+
+use sclip::preprocess::{decode_image, max_file_bytes, DecodedImage};
+use sclip::stream::ImageSource;
 
 /// One image to segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +315,55 @@ fn path_from_bytes(bytes: &[u8]) -> io::Result<PathBuf> {
         })
 }
 
+/// The one image `sclip segment -` reads from stdin, held whole: the stream decodes it like a
+/// file's bytes.
+pub struct StdinImage {
+    bytes: Vec<u8>,
+    max_pixels: u64,
+}
+
+impl StdinImage {
+    /// Reads stdin to its end, refusing an empty stream and more bytes than a file may hold
+    /// under `max_pixels` ([`max_file_bytes`]), so that an endless stream (`-` fed by
+    /// `/dev/zero`) cannot fill memory.
+    pub fn read(max_pixels: u64) -> anyhow::Result<StdinImage> {
+        let bytes = read_bounded(io::stdin().lock(), max_file_bytes(max_pixels))?;
+        Ok(StdinImage { bytes, max_pixels })
+    }
+}
+
+fn read_bounded(reader: impl Read, limit: u64) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .context("cannot read the image from stdin")?;
+    if bytes.is_empty() {
+        anyhow::bail!("stdin is empty (0 bytes); pipe an image into it (< photo.jpg)");
+    }
+    if bytes.len() as u64 > limit {
+        anyhow::bail!(
+            "stdin holds more than {limit} bytes, the limit that --max-pixels sets (8 bytes a \
+             pixel and 64 MiB); pass a larger --max-pixels if the image is genuine"
+        );
+    }
+    Ok(bytes)
+}
+
+impl ImageSource for StdinImage {
+    fn len(&self) -> usize {
+        1
+    }
+
+    fn load(&self, _index: usize) -> anyhow::Result<DecodedImage> {
+        decode_image(&self.bytes, self.max_pixels).context("cannot decode the image from stdin")
+    }
+
+    fn name(&self, _index: usize) -> String {
+        "the image from stdin".to_owned()
+    }
+}
+
 /// `--shard K/N`: the images whose relative path hashes to K - 1 modulo N.
 ///
 /// The hash is FNV-1a (64-bit) over the relative path's bytes, its components joined with `/`
@@ -427,6 +480,21 @@ mod tests {
     use super::*;
 
     const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR";
+
+    #[test]
+    fn stdin_is_read_whole_up_to_the_limit_and_empty_or_longer_is_refused() {
+        assert_eq!(read_bounded(&b"abc"[..], 3).unwrap(), b"abc");
+        let longer = format!("{:#}", read_bounded(&b"abcd"[..], 3).unwrap_err());
+        assert!(
+            longer.starts_with("stdin holds more than 3 bytes") && longer.contains("--max-pixels"),
+            "{longer}"
+        );
+        let empty = format!("{:#}", read_bounded(&b""[..], 3).unwrap_err());
+        assert!(empty.starts_with("stdin is empty (0 bytes)"), "{empty}");
+        // An endless stream stops being read one byte past the limit.
+        let endless = read_bounded(io::repeat(0), 1000).unwrap_err();
+        assert!(format!("{endless}").contains("more than 1000 bytes"));
+    }
 
     /// Creates each file (parents included) under `root`.
     fn tree(root: &Path, files: &[(&str, &[u8])]) {

@@ -2,11 +2,19 @@
 //! plans that would overwrite an input or write one file twice, before any work is done.
 
 use std::collections::HashMap;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
+use sclip::output::overlay::OverlayEncoding;
+use sclip::output::LabelFormat;
+
+use crate::args::SegmentArgs;
 use crate::inputs::{mirrored_output, Input};
+
+/// What `-` means as an image (stdin) and as `--out` (stdout).
+pub const STD_STREAM: &str = "-";
 
 /// What to write for every image, and where.
 #[derive(Debug, Clone)]
@@ -16,6 +24,7 @@ pub struct OutputOptions {
     pub save_probs: bool,
     /// The photo blended with the mask colours, plus a legend; the extension picks the format.
     pub overlay: Option<OverlayFormat>,
+    pub label_format: LabelFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +34,13 @@ pub enum OverlayFormat {
 }
 
 impl OverlayFormat {
+    pub fn encoding(self) -> OverlayEncoding {
+        match self {
+            OverlayFormat::Jpeg => OverlayEncoding::Jpeg,
+            OverlayFormat::Png => OverlayEncoding::Png,
+        }
+    }
+
     fn suffix(self) -> &'static str {
         match self {
             OverlayFormat::Jpeg => ".overlay.jpg",
@@ -50,10 +66,152 @@ impl Job {
     }
 
     /// Every output is written atomically, so one that exists is complete: an image whose
-    /// outputs all exist was finished by an earlier run.
-    pub fn is_done(&self) -> bool {
-        self.outputs().all(|path| path.is_file())
+    /// outputs all exist was finished by an earlier run. Its mask must also be in
+    /// `label_format`: one from a run with the other `--label-format` is redone, so that a folder
+    /// never ends up holding both formats.
+    pub fn is_done(&self, label_format: LabelFormat) -> bool {
+        self.outputs().all(|path| path.is_file()) && is_label_png_in(&self.mask, label_format)
     }
+
+    /// The job of one image whose mask (or overlay) goes to stdout, `-o -`: it has no files, and
+    /// its mask is named `-` as the user wrote it.
+    pub fn to_stdout(image: PathBuf) -> Job {
+        Job {
+            image,
+            mask: PathBuf::from(STD_STREAM),
+            probs: None,
+            overlay: None,
+        }
+    }
+}
+
+fn is_label_png_in(path: &Path, format: LabelFormat) -> bool {
+    let mut header = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(LABEL_PNG_HEADER_BYTES).read_to_end(&mut header))
+        .is_ok_and(|_| format.matches_png_header(&header))
+}
+
+/// The PNG signature and the IHDR chunk up to its colour type.
+const LABEL_PNG_HEADER_BYTES: u64 = 26;
+
+/// The one image `-o -` writes to stdout: its label PNG, or its overlay with `--overlay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutImage {
+    Mask,
+    Overlay(OverlayFormat),
+}
+
+/// What `-` stands for in a run: an image read from stdin, and where stdout gets the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pipes {
+    pub stdin: bool,
+    pub stdout: Option<StdoutImage>,
+}
+
+/// Which of stdin and stdout are terminals.
+#[derive(Debug, Clone, Copy)]
+pub struct Terminals {
+    pub stdin: bool,
+    pub stdout: bool,
+}
+
+impl Terminals {
+    pub fn of_this_process() -> Terminals {
+        Terminals {
+            stdin: std::io::stdin().is_terminal(),
+            stdout: std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+/// Which `-` the command line uses, refusing the combinations that have no one meaning: stdin
+/// holds one image and stdout one file, so each goes with exactly one image, and nothing else
+/// may need either. A terminal is refused on either side, as `gzip` does: a binary PNG would
+/// garble it, and an image would never come from it.
+pub fn check_pipes(args: &SegmentArgs, terminals: Terminals) -> Result<Pipes> {
+    let is_std_stream = |path: &PathBuf| path.as_os_str() == STD_STREAM;
+    let stdin = args.images.iter().any(is_std_stream);
+    let stdout = args.out.as_ref().is_some_and(is_std_stream);
+    if stdin {
+        if args
+            .images
+            .iter()
+            .filter(|path| is_std_stream(path))
+            .count()
+            > 1
+        {
+            bail!("- (stdin) is given twice; stdin holds one image");
+        }
+        if args.images.len() > 1 || args.files_from.is_some() {
+            bail!(
+                "- reads one image from stdin and cannot be mixed with other images; segment the \
+                 files in a separate run"
+            );
+        }
+        if !stdout {
+            bail!(
+                "the image read from stdin has no file name for its outputs; add -o - to write \
+                 its mask to stdout (a file named - is ./-)"
+            );
+        }
+        if terminals.stdin {
+            bail!(
+                "- reads an image from stdin, which is a terminal; pipe or redirect one \
+                 (< photo.jpg)"
+            );
+        }
+    }
+    if !stdout {
+        return Ok(Pipes::default());
+    }
+    let one_image = "-o - writes one image's mask to stdout; give one image";
+    match args.images.as_slice() {
+        _ if args.files_from.is_some() => bail!("{one_image}, not --files-from"),
+        [image] if !stdin && image.is_dir() => {
+            bail!("{one_image}, not a folder ({})", image.display())
+        }
+        [_] => {}
+        _ => bail!("{one_image}, not {} images", args.images.len()),
+    }
+    if args.save_probs {
+        bail!(
+            "--save-probs writes a second file and stdout holds one; drop it, or write into a \
+             folder with -o DIR"
+        );
+    }
+    if args.skip_existing {
+        bail!("--skip-existing looks for outputs on disk, and -o - writes none; drop it");
+    }
+    if args.json {
+        bail!(
+            "--json writes to stdout, which -o - fills with the image; drop --json (errors still \
+             go to stderr)"
+        );
+    }
+    if args.shard.is_some() {
+        bail!("--shard splits a batch, and -o - takes one image; drop it");
+    }
+    if args.report.is_some() {
+        bail!(
+            "--report shows the files of a run, and -o - writes none; drop it, or write into a \
+             folder with -o DIR"
+        );
+    }
+    if terminals.stdout {
+        bail!(
+            "-o - writes a binary image to stdout, which is a terminal; redirect it \
+             (> mask.png) or pipe it into another program"
+        );
+    }
+    let image = match args.output_options().overlay {
+        Some(format) => StdoutImage::Overlay(format),
+        None => StdoutImage::Mask,
+    };
+    Ok(Pipes {
+        stdin,
+        stdout: Some(image),
+    })
 }
 
 /// `photos/a/cat.jpg` found under `photos` gives `<out>/a/cat.png` (plus `cat.probs.npy`,
@@ -143,6 +301,7 @@ mod tests {
             out: out.map(PathBuf::from),
             save_probs,
             overlay,
+            label_format: LabelFormat::Palette,
         }
     }
 
@@ -221,10 +380,32 @@ mod tests {
             probs: Some(dir.path().join("cat.probs.npy")),
             overlay: None,
         };
-        assert!(!job.is_done());
-        std::fs::write(&job.mask, b"x").unwrap();
-        assert!(!job.is_done());
+        assert!(!job.is_done(LabelFormat::Palette));
+        sclip::output::stage_label_png(&job.mask, &[0], 1, 1)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert!(!job.is_done(LabelFormat::Palette));
         std::fs::write(job.probs.as_ref().unwrap(), b"x").unwrap();
-        assert!(job.is_done());
+        assert!(job.is_done(LabelFormat::Palette));
+    }
+
+    #[test]
+    fn a_mask_in_the_other_label_format_or_not_a_png_is_not_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = Job {
+            image: dir.path().join("cat.jpg"),
+            mask: dir.path().join("cat.png"),
+            probs: None,
+            overlay: None,
+        };
+        sclip::output::stage_label_png_as(&job.mask, &[0], 1, 1, LabelFormat::Grey)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert!(job.is_done(LabelFormat::Grey));
+        assert!(!job.is_done(LabelFormat::Palette));
+        std::fs::write(&job.mask, b"x").unwrap();
+        assert!(!job.is_done(LabelFormat::Grey));
     }
 }

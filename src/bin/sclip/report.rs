@@ -4,6 +4,8 @@
 use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -70,7 +72,10 @@ pub struct Reporter<'a> {
     classes: &'a ClassList,
     bar: Option<ProgressBar>,
     counts: Counts,
-    started: Instant,
+    /// Images written (`counts.ok`), shared with the bar.
+    throughput: Throughput,
+    /// Per-image lines go to stderr: stdout carries an image (`-o -`).
+    stdout_is_data: bool,
 }
 
 impl<'a> Reporter<'a> {
@@ -82,15 +87,22 @@ impl<'a> Reporter<'a> {
         total: usize,
         classes: &'a ClassList,
     ) -> Self {
-        let bar = progress.then(|| progress_bar(total));
+        let throughput = Throughput::start();
+        let bar = progress.then(|| progress_bar(total, throughput.clone()));
         Reporter {
             format,
             quiet,
             classes,
             bar,
             counts: Counts::default(),
-            started: Instant::now(),
+            throughput,
+            stdout_is_data: false,
         }
+    }
+
+    /// Sends the per-image lines to stderr: stdout carries the image of `-o -`.
+    pub fn keep_stdout_for_data(&mut self) {
+        self.stdout_is_data = true;
     }
 
     pub fn counts(&self) -> Counts {
@@ -122,6 +134,7 @@ impl<'a> Reporter<'a> {
         match result {
             Ok(outcome) => {
                 self.counts.ok += 1;
+                self.throughput.add_one();
                 if !outcome.warnings.is_empty() {
                     self.counts.warned += 1;
                     // Like errors, on stderr whatever the format and --quiet: the mask was
@@ -160,7 +173,11 @@ impl<'a> Reporter<'a> {
                     }
                     Format::Human if !self.quiet => {
                         let line = self.human_line(job, outcome);
-                        self.print_stdout(&line);
+                        if self.stdout_is_data {
+                            self.print_stderr(&line);
+                        } else {
+                            self.print_stdout(&line);
+                        }
                     }
                     Format::Human => {}
                 }
@@ -185,10 +202,13 @@ impl<'a> Reporter<'a> {
         self.print_stderr(&format!("sclip: error: {message}"));
     }
 
+    /// Classes under [`SHOWN_FRACTION`] are left out: "0.0%" tells a person nothing (`--json`
+    /// keeps every class).
     fn human_line(&self, job: &Job, outcome: &Outcome) -> String {
         let classes = outcome
             .present
             .iter()
+            .filter(|&&(_, fraction)| fraction >= SHOWN_FRACTION)
             .map(|&(class, fraction)| {
                 format!(
                     "{} {:.1}%",
@@ -213,12 +233,8 @@ impl<'a> Reporter<'a> {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        let seconds = self.started.elapsed().as_secs_f64();
-        let per_second = if seconds > 0.0 {
-            self.counts.ok as f64 / seconds
-        } else {
-            0.0
-        };
+        let seconds = self.throughput.elapsed().as_secs_f64();
+        let per_second = self.throughput.per_second();
         let Counts {
             ok,
             warned,
@@ -236,7 +252,7 @@ impl<'a> Reporter<'a> {
                     "not_started": facts.not_started,
                     "interrupted": facts.interrupted,
                     "seconds": round_ms(seconds),
-                    "images_per_second": round_ms(per_second),
+                    "images_per_second": per_second.map(round_ms),
                     "setup_seconds": round_ms(facts.setup_seconds),
                     "text": facts.text,
                     "settings": facts.settings,
@@ -251,7 +267,8 @@ impl<'a> Reporter<'a> {
                     String::new()
                 };
                 let mut line = format!(
-                    "sclip: {ok} ok{warned}, {skipped} skipped, {failed} failed in {seconds:.1} s ({per_second:.2} images/s)"
+                    "sclip: {ok} ok{warned}, {skipped} skipped, {failed} failed in {seconds:.1} s ({})",
+                    rate_text(per_second)
                 );
                 if facts.interrupted {
                     line.push_str(&format!("; interrupted, {} not started", facts.not_started));
@@ -305,26 +322,99 @@ impl<'a> Reporter<'a> {
     }
 }
 
-/// A bar on stderr over `total` images, with their rate and the time left.
-pub fn progress_bar(total: usize) -> ProgressBar {
+/// Images done since a start: the rate that the progress bar and the summary both show.
+#[derive(Clone)]
+pub struct Throughput {
+    done: Arc<AtomicUsize>,
+    started: Instant,
+}
+
+impl Throughput {
+    pub fn start() -> Self {
+        Throughput {
+            done: Arc::new(AtomicUsize::new(0)),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn add_one(&self) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn per_second(&self) -> Option<f64> {
+        images_per_second(self.done.load(Ordering::Relaxed), self.elapsed())
+    }
+}
+
+/// A bar on stderr over `total` images, with `throughput`'s rate and the time left at it.
+pub fn progress_bar(total: usize, throughput: Throughput) -> ProgressBar {
     let bar =
         ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr_with_hz(4));
     // No colours in the template: nothing to switch off for NO_COLOR or dumb terminals.
     bar.set_style(
         ProgressStyle::with_template(
-            "{elapsed_precise} [{wide_bar}] {pos}/{len} images, {rate}, ETA {eta}",
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} images, {rate_and_eta}",
         )
         .expect("the template is valid")
         .with_key(
-            "rate",
-            |state: &ProgressState, out: &mut dyn std::fmt::Write| {
-                let _ = write!(out, "{:.2} images/s", state.per_sec());
+            "rate_and_eta",
+            move |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let remaining = state.len().unwrap_or(0).saturating_sub(state.pos());
+                let _ = write!(
+                    out,
+                    "{}",
+                    rate_and_eta(throughput.per_second(), remaining as usize)
+                );
             },
         )
         .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
+}
+
+/// The smallest share of an image a class needs to be named on its human line: what rounds to
+/// 0.1 % at one decimal.
+const SHOWN_FRACTION: f64 = 0.0005;
+
+/// What "images/s" means wherever it is shown, the progress bar and the summary alike: images
+/// segmented and written (counted, for eval), per second since the images started, after the
+/// model is loaded (skipped, cached and failed images are not counted). `None` until
+/// the first image is written: no rate is known.
+fn images_per_second(written: usize, elapsed: Duration) -> Option<f64> {
+    let seconds = elapsed.as_secs_f64();
+    (written > 0 && seconds > 0.0).then(|| written as f64 / seconds)
+}
+
+/// "1.25 images/s", or "– images/s" while no rate is known.
+fn rate_text(per_second: Option<f64>) -> String {
+    match per_second {
+        Some(rate) => format!("{rate:.2} images/s"),
+        None => "– images/s".to_owned(),
+    }
+}
+
+/// The bar's "1.25 images/s, ETA 1m 20s" for `remaining` images; "–" for what is not known yet.
+fn rate_and_eta(per_second: Option<f64>, remaining: usize) -> String {
+    let eta = match per_second {
+        Some(rate) => short_duration((remaining as f64 / rate).ceil()),
+        None => "–".to_owned(),
+    };
+    format!("{}, ETA {eta}", rate_text(per_second))
+}
+
+/// `45s`, `3m 05s`, `2h 03m`: as precise as an estimate deserves.
+fn short_duration(seconds: f64) -> String {
+    let seconds = seconds.max(0.0).min(u64::MAX as f64) as u64;
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m {:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h {:02}m", seconds / 3600, seconds / 60 % 60),
+    }
 }
 
 fn outputs(job: &Job) -> Value {
@@ -409,4 +499,54 @@ pub fn text_json(stats: &TextStats) -> Value {
         "cache": cache,
         "seconds": round_ms(stats.seconds),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn no_rate_is_shown_until_an_image_is_written() {
+        assert_eq!(images_per_second(0, Duration::from_secs(5)), None);
+        assert_eq!(images_per_second(1, Duration::ZERO), None);
+        assert_eq!(images_per_second(3, Duration::from_secs(2)), Some(1.5));
+        assert_eq!(rate_and_eta(None, 10), "– images/s, ETA –");
+        assert_eq!(rate_text(None), "– images/s");
+    }
+
+    #[test]
+    fn the_eta_is_the_remaining_images_at_the_rate_rounded_up() {
+        assert_eq!(rate_and_eta(Some(1.5), 3), "1.50 images/s, ETA 2s");
+        assert_eq!(rate_and_eta(Some(0.4), 1), "0.40 images/s, ETA 3s");
+        assert_eq!(rate_and_eta(Some(2.0), 0), "2.00 images/s, ETA 0s");
+        assert_eq!(rate_and_eta(Some(0.01), 100), "0.01 images/s, ETA 2h 46m");
+        assert_eq!(short_duration(59.0), "59s");
+        assert_eq!(short_duration(60.0), "1m 00s");
+        assert_eq!(short_duration(3599.0), "59m 59s");
+        assert_eq!(short_duration(3725.0), "1h 02m");
+    }
+
+    #[test]
+    fn human_lines_leave_out_classes_under_half_a_permille() {
+        let classes = ClassList::parse_inline("person,sky,wall,dog").unwrap();
+        let reporter = Reporter::new(Format::Human, false, false, 1, &classes);
+        let job = Job {
+            image: PathBuf::from("photos/cat.jpg"),
+            mask: PathBuf::from("photos/cat.png"),
+            probs: None,
+            overlay: None,
+        };
+        let outcome = Outcome {
+            width: 64,
+            height: 48,
+            seconds: 0.5,
+            present: vec![(1, 0.9991), (0, 0.0006), (3, 0.000_499), (2, 0.000_001)],
+            warnings: Vec::new(),
+        };
+        assert_eq!(
+            reporter.human_line(&job, &outcome),
+            "photos/cat.jpg 64x48 0.50s: sky 99.9%, person 0.1%"
+        );
+    }
 }

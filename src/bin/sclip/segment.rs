@@ -11,16 +11,17 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use sclip::stream::{self, Ending, ImageFiles, StreamOptions};
+use sclip::output::overlay::{class_zero_is_background, overlay_palette};
+use sclip::stream::{self, Ending, ImageFiles, ImageSource, StreamOptions};
 
 use crate::args::SegmentArgs;
 use crate::engine::Chatter;
 use crate::html_report::{self, PageReport};
-use crate::inputs::{discover, read_path_list, WalkOptions};
-use crate::jobs::plan_jobs;
+use crate::inputs::{discover, read_path_list, Discovery, Input, StdinImage, WalkOptions};
+use crate::jobs::{check_pipes, plan_jobs, Job, Terminals};
 use crate::report::{settings_json, text_json, Format, Outcome, Reporter, RunFacts};
 use crate::signals::stop_on_signals;
-use crate::writer::write_outputs;
+use crate::writer::{write_outputs, write_to_stdout, OutputStyle};
 use crate::{Failure, EXIT_SIGNALLED};
 
 pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
@@ -37,13 +38,18 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     if !(0.0..=1.0).contains(&args.alpha) {
         return Err(Failure::Usage(anyhow!("--alpha must be between 0 and 1")));
     }
-    if let Some(out) = &args.out {
+    let pipes = check_pipes(&args, Terminals::of_this_process()).map_err(Failure::Usage)?;
+    // With -o -, no folder is written to, and none named `-` is made.
+    let out = args.out.as_deref().filter(|_| pipes.stdout.is_none());
+    if let Some(out) = out {
         check_out_folder(out).map_err(Failure::Usage)?;
     }
+    let overlay_colours =
+        overlay_palette(class_zero_is_background(&classes, &settings.postprocess));
     let mut page = args
         .report
         .as_deref()
-        .map(|report| PageReport::plan(report, args.out.as_deref(), &classes))
+        .map(|report| PageReport::plan(report, out, &classes, overlay_colours))
         .transpose()
         .map_err(Failure::Usage)?;
 
@@ -56,14 +62,28 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
             "folders need --out DIR: masks written beside the images would be taken for images by the next run"
         )));
     }
-    let discovery = discover(
-        &args.images,
-        &listed,
-        &WalkOptions {
-            recursive: args.recursive,
-            exclude: args.out.as_deref(),
+    let stdin_image = if pipes.stdin {
+        Some(StdinImage::read(args.max_pixels)?)
+    } else {
+        None
+    };
+    let discovery = match &stdin_image {
+        Some(_) => Discovery {
+            inputs: vec![Input {
+                path: args.images[0].clone(),
+                relative: args.images[0].clone(),
+            }],
+            ..Discovery::default()
         },
-    );
+        None => discover(
+            &args.images,
+            &listed,
+            &WalkOptions {
+                recursive: args.recursive,
+                exclude: out,
+            },
+        ),
+    };
     if discovery.skipped_subfolders > 0 && !args.quiet {
         eprintln!(
             "sclip: note: {} subfolder(s) not searched; pass -r to include them",
@@ -79,10 +99,17 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
                 .is_none_or(|shard| shard.contains(&input.relative))
         })
         .collect();
-    let jobs = plan_jobs(&inputs, &args.output_options()).map_err(Failure::Usage)?;
+    let output_options = args.output_options();
+    let jobs = match pipes.stdout {
+        Some(_) => inputs
+            .iter()
+            .map(|input| Job::to_stdout(input.path.clone()))
+            .collect(),
+        None => plan_jobs(&inputs, &output_options).map_err(Failure::Usage)?,
+    };
     let (done, to_run): (Vec<_>, Vec<_>) = jobs
         .into_iter()
-        .partition(|job| args.skip_existing && job.is_done());
+        .partition(|job| args.skip_existing && job.is_done(output_options.label_format));
     let total = done.len() + to_run.len() + discovery.problems.len();
     if total == 0 && !args.quiet {
         eprintln!("sclip: no images found");
@@ -99,6 +126,12 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
         ..RunFacts::default()
     };
 
+    let style = OutputStyle {
+        classes: &classes,
+        label_format: output_options.label_format,
+        overlay_colours,
+        overlay_alpha: args.alpha,
+    };
     // Everything that needs no model is settled; the model is loaded only if there is work.
     let chatter = Chatter {
         quiet: args.quiet,
@@ -123,6 +156,9 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     }
 
     let mut reporter = Reporter::new(format, args.quiet, show_progress, total, &classes);
+    if pipes.stdout.is_some() {
+        reporter.keep_stdout_for_data();
+    }
     for (path, problem) in &discovery.problems {
         reporter.problem(path, problem);
         page.iter_mut().for_each(|page| page.failed(path, problem));
@@ -141,16 +177,22 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
             keep_images: args.overlay.is_some() || page.is_some(),
             fail_fast: args.fail_fast,
         };
-        let source = ImageFiles {
+        let files = ImageFiles {
             paths: to_run.iter().map(|job| job.image.as_path()).collect(),
             max_pixels: args.max_pixels,
         };
-        stream::run(segmenter, &source, &options, &stop, &mut |index, result| {
+        let source: &dyn ImageSource = match &stdin_image {
+            Some(image) => image,
+            None => &files,
+        };
+        stream::run(segmenter, source, &options, &stop, &mut |index, result| {
             let job = &to_run[index];
             let thumbnail = page.as_ref().map(|page| page.thumbnail_path(job));
             let outcome = result.and_then(|result| {
-                let (out, thumbnail) = (args.out.as_deref(), thumbnail.as_deref());
-                write_outputs(job, &result, &classes, args.alpha, out, thumbnail)?;
+                match pipes.stdout {
+                    Some(image) => write_to_stdout(&result, &style, image)?,
+                    None => write_outputs(job, &result, &style, out, thumbnail.as_deref())?,
+                }
                 Ok(Outcome {
                     width: result.segmentation.width,
                     height: result.segmentation.height,

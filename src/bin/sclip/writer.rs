@@ -1,19 +1,30 @@
-//! The files an image's result becomes: its label PNG, and the scores and overlay when asked.
+//! The files an image's result becomes: its label PNG, and the scores and overlay when asked;
+//! or, with `-o -`, the one image stdout gets.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use sclip::atomic_write::commit_all;
-use sclip::output::overlay::{render_overlay, stage_overlay, LegendEntry};
+use sclip::output::overlay::{render_overlay, stage_overlay, write_overlay, LegendEntry};
 use sclip::output::thumbnail::stage_thumbnail;
-use sclip::output::{stage_label_png, stage_npy_f32, voc_palette};
+use sclip::output::{stage_label_png_as, stage_npy_f32, write_label_png, LabelFormat};
 use sclip::stream::ImageResult;
 use sclip::ClassList;
 
 use crate::html_report::THUMBNAIL_LONG_SIDE;
-use crate::jobs::Job;
+use crate::jobs::{Job, StdoutImage};
+
+/// How every image of a run is written.
+pub struct OutputStyle<'a> {
+    pub classes: &'a ClassList,
+    pub label_format: LabelFormat,
+    /// The class colours of overlays and their legends
+    /// ([`overlay_palette`](sclip::output::overlay::overlay_palette)).
+    pub overlay_colours: [[u8; 3]; 256],
+    pub overlay_alpha: f32,
+}
 
 /// Writes `job`'s outputs from `result`, all of them or none: each is staged whole first, and the
 /// mask, which `--skip-existing` takes as the sign of a finished image, is renamed into place
@@ -22,8 +33,7 @@ use crate::jobs::Job;
 pub fn write_outputs(
     job: &Job,
     result: &ImageResult,
-    classes: &ClassList,
-    overlay_alpha: f32,
+    style: &OutputStyle,
     out: Option<&Path>,
     thumbnail: Option<&Path>,
 ) -> Result<()> {
@@ -38,26 +48,8 @@ pub fn write_outputs(
     let segmentation = &result.segmentation;
     let (width, height) = (segmentation.width, segmentation.height);
     let mut staged = Vec::with_capacity(4);
-    let wants_overlay = job.overlay.is_some() || thumbnail.is_some();
-    if let Some(photo) = result.image.as_ref().filter(|_| wants_overlay) {
-        let palette = voc_palette();
-        let legend: Vec<LegendEntry> = segmentation
-            .class_pixels
-            .iter()
-            .enumerate()
-            .filter(|(_, &pixels)| pixels > 0)
-            .map(|(class, _)| LegendEntry {
-                name: classes.display_name(class),
-                colour: palette[class],
-            })
-            .collect();
-        let overlay = render_overlay(
-            photo,
-            &segmentation.labels,
-            &palette,
-            overlay_alpha,
-            &legend,
-        );
+    if job.overlay.is_some() || thumbnail.is_some() {
+        let overlay = overlay(result, style)?;
         if let Some(path) = thumbnail {
             staged.push(stage_thumbnail(
                 path,
@@ -74,13 +66,76 @@ pub fn write_outputs(
         let classes = probs.len() / (width * height);
         staged.push(stage_npy_f32(path, &[classes, height, width], probs)?);
     }
-    staged.push(stage_label_png(
+    staged.push(stage_label_png_as(
         &job.mask,
         &segmentation.labels,
         width as u32,
         height as u32,
+        style.label_format,
     )?);
     commit_all(staged)
+}
+
+/// Writes `result`'s mask, or its overlay, to stdout (`-o -`). The whole image is encoded before
+/// the first byte goes out, so a failure leaves stdout empty rather than holding part of a PNG.
+pub fn write_to_stdout(
+    result: &ImageResult,
+    style: &OutputStyle,
+    image: StdoutImage,
+) -> Result<()> {
+    let segmentation = &result.segmentation;
+    let mut encoded = Vec::new();
+    let what = match image {
+        StdoutImage::Mask => {
+            write_label_png(
+                &mut encoded,
+                &segmentation.labels,
+                segmentation.width as u32,
+                segmentation.height as u32,
+                style.label_format,
+            )?;
+            "mask"
+        }
+        StdoutImage::Overlay(format) => {
+            write_overlay(&mut encoded, &overlay(result, style)?, format.encoding())?;
+            "overlay"
+        }
+    };
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(&encoded)
+        .and_then(|()| stdout.flush())
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::BrokenPipe => anyhow::anyhow!(
+                "cannot write the {what} to stdout: the program reading it closed the pipe"
+            ),
+            _ => anyhow::Error::new(error).context(format!("cannot write the {what} to stdout")),
+        })
+}
+
+/// The photo blended with the class colours, and a legend of the classes present.
+fn overlay(result: &ImageResult, style: &OutputStyle) -> Result<image::RgbImage> {
+    let Some(photo) = &result.image else {
+        bail!("the decoded image was not kept for the overlay");
+    };
+    let segmentation = &result.segmentation;
+    let legend: Vec<LegendEntry> = segmentation
+        .class_pixels
+        .iter()
+        .enumerate()
+        .filter(|(_, &pixels)| pixels > 0)
+        .map(|(class, _)| LegendEntry {
+            name: style.classes.display_name(class),
+            colour: style.overlay_colours[class],
+        })
+        .collect();
+    Ok(render_overlay(
+        photo,
+        &segmentation.labels,
+        &style.overlay_colours,
+        style.overlay_alpha,
+        &legend,
+    ))
 }
 
 /// Creates `dir` (a path under `out`) folder by folder. A symlink on the way is followed only if
