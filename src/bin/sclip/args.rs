@@ -168,8 +168,8 @@ macro_rules! environment_help {
             "  SCLIP_CACHE_DIR  text query cache (default $XDG_CACHE_HOME/sclip, else ~/.cache/sclip)
   XDG_CACHE_HOME   where both caches go by default (must be absolute for sclip's own)
   RAYON_NUM_THREADS
-                   threads computing the model (default one per CPU this process may use);
-                   up to 4 more decode images beside them
+                   threads computing the model (default one per CPU this process may use),
+                   and as many (at most 4) decoding images beside them
   NO_COLOR         honoured: help and usage errors are then plain; sclip's own output has no
                    colours
 "

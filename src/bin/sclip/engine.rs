@@ -276,6 +276,12 @@ fn device_name(device: &Device) -> String {
     }
 }
 
+/// Threads decoding and resizing images ahead of the model: up to 4, and no more than the
+/// model's own (RAYON_NUM_THREADS), so that a job given one core keeps to it.
+pub fn decode_threads() -> usize {
+    rayon::current_num_threads().min(4)
+}
+
 /// The methods by name, each with its paper in `--help`.
 pub fn method_parser() -> impl TypedValueParser<Value = Method> {
     let names = Method::ALL.map(|method| PossibleValue::new(method.name()).help(method.summary()));

@@ -25,7 +25,7 @@ use sclip::text::cache::default_cache_dir;
 use sclip::ClassList;
 
 use crate::args::ENVIRONMENT_HELP;
-use crate::engine::{Chatter, ClassArgs, EngineArgs};
+use crate::engine::{decode_threads, Chatter, ClassArgs, EngineArgs};
 use crate::messages::{escape_controls, one_line, shown_path};
 use crate::report::{progress_bar, settings_json, Throughput};
 use crate::signals::stop_on_signals;
@@ -222,7 +222,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode, Failure> {
     if !resumed.pending.is_empty() {
         let segmenter = args.engine.segmenter(&model, &classes, settings, chatter)?;
         let options = StreamOptions {
-            decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            decode_threads: decode_threads(),
             keep_images: false,
             fail_fast: false,
         };

@@ -15,7 +15,7 @@ use sclip::output::overlay::{class_zero_is_background, overlay_palette};
 use sclip::stream::{self, Ending, ImageFiles, ImageSource, StreamOptions};
 
 use crate::args::SegmentArgs;
-use crate::engine::Chatter;
+use crate::engine::{decode_threads, Chatter};
 use crate::html_report::{self, PageReport};
 use crate::inputs::{discover, read_path_list, Discovery, Input, StdinImage, WalkOptions};
 use crate::jobs::{check_pipes, plan_jobs, Job, Terminals};
@@ -172,7 +172,7 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
         streaming.store(true, Ordering::SeqCst);
         page.iter().try_for_each(PageReport::prepare)?;
         let options = StreamOptions {
-            decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+            decode_threads: decode_threads(),
             // Thumbnails for --report are drawn from the overlay, with or without --overlay.
             keep_images: args.overlay.is_some() || page.is_some(),
             fail_fast: args.fail_fast,
