@@ -176,7 +176,7 @@ impl FieldDigest {
     }
 }
 
-/// Identifies the exact weights, tokenizer and config, a [`file_identity`] line for each, so
+/// Identifies the exact weights, tokenizer and config, a `file_identity` line for each, so
 /// that rewriting a local model's files changes it. Errors if a file cannot be resolved or
 /// stat'ed.
 pub fn model_fingerprint(files: &ModelFiles) -> Result<String> {
