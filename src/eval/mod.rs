@@ -1,5 +1,5 @@
 //! Evaluation on a benchmark's split, as the authors measure it (spec section 9): the split's
-//! images go through [`stream::run`](crate::stream::run), and each result is compared with its
+//! images go through [`stream::run`], and each result is compared with its
 //! truth PNG at the original size and reduced to counts at once, so memory does not grow with
 //! the split. [`layout`] finds the images and truths, [`confusion`] counts and computes the
 //! metrics, and [`cache`] keeps each image's counts so that an interrupted evaluation resumes.
