@@ -552,6 +552,28 @@ fn an_interrupted_or_partial_eval_resumes_from_the_cache_with_the_same_result() 
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     assert!(!String::from_utf8_lossy(&output.stderr).contains("from the cache"));
+    // So is another dtype, though bf16 keeps its weights in f32 (its products run on AMX).
+    let output = dataset
+        .eval(&cache, &json)
+        .args(["--dtype", "bf16"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("from the cache"));
+
+    // A run whose every image is cached prints its metrics without reading the weights.
+    let output = dataset.eval(&cache, &json).arg("-v").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("3 of 3 images counted from the cache"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("sclip: device"),
+        "the model was loaded: {stderr}"
+    );
+    assert_eq!(read_json(&json), resumed);
 }
 
 #[test]

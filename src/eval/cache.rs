@@ -14,6 +14,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use candle_core::{DType, Device};
 use sha2::digest::Output;
 use sha2::{Digest, Sha256};
 
@@ -21,14 +22,14 @@ use crate::atomic_write::write_atomically;
 use crate::classes::{ClassList, MAX_CLASSES};
 use crate::eval::confusion::ImageCounts;
 use crate::eval::layout::Sample;
-use crate::model::Model;
+use crate::model::ModelFiles;
 use crate::preprocess::open_without_blocking;
 use crate::settings::Settings;
 use crate::text::cache::{file_identity, model_fingerprint, FieldDigest};
 
 /// Bumped whenever the counting or this file format changes, so that old files are no longer
 /// found.
-const KEY_VERSION: &str = "sclip-eval-v1";
+const KEY_VERSION: &str = "sclip-eval-v2";
 const MAGIC: &[u8; 8] = b"SCLIPE1\0";
 const DIGEST_LEN: usize = 32;
 /// Truth class, predicted class, then the pixel count as a little-endian u64.
@@ -37,6 +38,14 @@ const ENTRY_LEN: usize = 1 + 1 + 8;
 const HEADER_LEN: usize = MAGIC.len() + DIGEST_LEN + 4;
 /// One entry per (truth, prediction) pair at most.
 const MAX_ENTRIES: usize = MAX_CLASSES * MAX_CLASSES;
+
+/// What an evaluation computes besides the model: its settings, classes and benchmark.
+pub struct RunSettings<'a> {
+    pub settings: &'a Settings,
+    pub classes: &'a ClassList,
+    pub preset: &'a str,
+    pub reduce_zero_label: bool,
+}
 
 /// What an evaluation's predictions and counts depend on, besides the images.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,19 +58,25 @@ pub struct RunKey {
 impl RunKey {
     /// The whole `settings` value enters the key (as its `Debug` text), so a setting added later
     /// enters it without a change here.
+    /// `dtype` is the one asked for (`--dtype`): the weights' own can differ from it (bf16 runs
+    /// its products on AMX over f32 weights), and the results differ with it.
     pub fn new(
-        model: &Model,
-        settings: &Settings,
-        classes: &ClassList,
-        preset: &str,
-        reduce_zero_label: bool,
+        model: &ModelFiles,
+        dtype: DType,
+        device: &Device,
+        run: &RunSettings,
     ) -> Result<RunKey> {
+        let RunSettings {
+            settings,
+            classes,
+            preset,
+            reduce_zero_label,
+        } = run;
         let description = format!(
             "{KEY_VERSION}\npreset: {preset}\nreduce_zero_label: {reduce_zero_label}\n\
-             dtype: {:?}\ndevice: {:?}\nsettings: {settings:?}\nclasses: {classes:?}\nmodel files:\n{}",
-            model.dtype(),
-            model.device().location(),
-            model_fingerprint(model.files())?,
+             dtype: {dtype:?}\ndevice: {:?}\nsettings: {settings:?}\nclasses: {classes:?}\nmodel files:\n{}",
+            device.location(),
+            model_fingerprint(model)?,
         );
         let mut digest = FieldDigest::default();
         digest.field(description.as_bytes());

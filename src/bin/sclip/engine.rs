@@ -197,17 +197,38 @@ impl EngineArgs {
         settings: &Settings,
         chatter: Chatter,
     ) -> Result<Model, Failure> {
-        let cannot_load = || format!("cannot load model {}", self.model);
+        let files = self.model_files(settings, chatter)?;
+        self.load_files(files, device, chatter)
+    }
+
+    /// The files of the model named by --model (downloaded if need be), checked to fit the
+    /// settings' patch size: all that identifies the model, without reading its weights.
+    pub fn model_files(
+        &self,
+        settings: &Settings,
+        chatter: Chatter,
+    ) -> Result<ModelFiles, Failure> {
         let hub = HubOptions {
             progress: !chatter.quiet,
         };
-        let files =
-            resolve_model_with(&self.model, &self.revision, hub).with_context(cannot_load)?;
-        let config = ClipConfig::from_file(&files.config).with_context(cannot_load)?;
+        let files = resolve_model_with(&self.model, &self.revision, hub)
+            .with_context(|| self.cannot_load())?;
+        let config = ClipConfig::from_file(&files.config).with_context(|| self.cannot_load())?;
         settings
             .validate_for_patch(config.vision.patch_size)
             .map_err(|error| Failure::Usage(error.into()))?;
-        let model = Model::load(files, device, self.dtype.into()).with_context(cannot_load)?;
+        Ok(files)
+    }
+
+    /// The model of [`EngineArgs::model_files`], on `device` in --dtype.
+    pub fn load_files(
+        &self,
+        files: ModelFiles,
+        device: &Device,
+        chatter: Chatter,
+    ) -> Result<Model, Failure> {
+        let model =
+            Model::load(files, device, self.dtype.into()).with_context(|| self.cannot_load())?;
         if chatter.verbose {
             eprintln!("sclip: {}", describe_files(model.files()));
             eprintln!(
@@ -221,6 +242,10 @@ impl EngineArgs {
             eprintln!("sclip: {note}");
         }
         Ok(model)
+    }
+
+    fn cannot_load(&self) -> String {
+        format!("cannot load model {}", self.model)
     }
 
     /// The class queries (from the cache unless --no-cache) joined with the model and settings.

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use sclip::atomic_write::write_atomically;
-use sclip::eval::cache::{EvalCache, RunKey};
+use sclip::eval::cache::{EvalCache, RunKey, RunSettings};
 use sclip::eval::confusion::Metrics;
 use sclip::eval::layout::{self, Split};
 use sclip::eval::{Evaluation, ImageEnd};
@@ -157,21 +157,22 @@ pub fn run(args: EvalArgs) -> Result<ExitCode, Failure> {
         quiet: args.quiet,
         verbose: args.verbose,
     };
-    let model = args.engine.load_model(&device, &settings, chatter)?;
+    // The weights are read only if some image is not cached: the key needs the files alone.
+    let model_files = args.engine.model_files(&settings, chatter)?;
     let cache_root = args
         .cache
         .clone()
         .or_else(|| default_cache_dir().map(|dir| dir.join("eval")));
     let cache = match cache_root {
         Some(root) => {
-            let run = RunKey::new(
-                &model,
-                &settings,
-                &classes,
-                preset.name,
-                layout.reduce_zero_label,
-            )
-            .context("cannot name the eval's cache")?;
+            let run = RunSettings {
+                settings: &settings,
+                classes: &classes,
+                preset: preset.name,
+                reduce_zero_label: layout.reduce_zero_label,
+            };
+            let run = RunKey::new(&model_files, args.engine.dtype.into(), &device, &run)
+                .context("cannot name the eval's cache")?;
             Some(EvalCache::new(&root, &run, classes.len()))
         }
         None => {
@@ -220,6 +221,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode, Failure> {
     };
     let (mut counted, mut failed) = (resumed.cached, 0);
     if !resumed.pending.is_empty() {
+        let model = args.engine.load_files(model_files, &device, chatter)?;
         let segmenter = args.engine.segmenter(&model, &classes, settings, chatter)?;
         let options = StreamOptions {
             decode_threads: decode_threads(),
