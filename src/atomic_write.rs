@@ -30,6 +30,23 @@ pub fn write_atomically(
     Staged::write(path, write)?.commit()
 }
 
+/// Refuses a `path` that exists as something other than a regular file (through symlinks): the
+/// rename would put a file in place of a device such as `/dev/full`, a named pipe or a folder,
+/// and a write that cannot fail would not say so. Callers that write at the end of a long run
+/// check their targets with it first.
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if !metadata.is_file() => anyhow::bail!(
+            "{} is {}, which sclip does not write into: it writes a file whole and renames it into \
+             place; name a regular file",
+            path.display(),
+            crate::preprocess::file_kind(&metadata.file_type())
+        ),
+        // Missing, or a link that leads nowhere: the rename puts a new file in its place.
+        _ => Ok(()),
+    }
+}
+
 /// A file written whole to its temporary sibling, flushed to disk, and not yet renamed into
 /// place: several outputs of one item can be staged and then committed together, so that an
 /// error in the last one leaves none of them (see [`commit_all`]). Dropping it removes the
@@ -44,6 +61,7 @@ pub struct Staged {
 impl Staged {
     /// Writes `path`'s new content to its temporary sibling, as [`write_atomically`] does.
     pub fn write(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<Staged> {
+        check_replaceable(path)?;
         let file_name = path
             .file_name()
             .with_context(|| format!("{} does not name a file", path.display()))?;
@@ -222,6 +240,30 @@ mod tests {
         assert_eq!(directory_entries(directory.path()), vec![path]);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_or_a_folder_in_the_targets_place_is_refused_and_left_as_it_is() {
+        let directory = tempfile::tempdir().unwrap();
+        let pipe = directory.path().join("pipe.json");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let error = write_atomically(&pipe, |out| Ok(out.write_all(b"lost")?)).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("is a named pipe (FIFO)"), "{message}");
+        assert!(message.contains("name a regular file"), "{message}");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(fs::metadata(&pipe).unwrap().file_type().is_fifo());
+
+        let folder = directory.path().join("folder.json");
+        fs::create_dir(&folder).unwrap();
+        let error = write_atomically(&folder, |out| Ok(out.write_all(b"lost")?)).unwrap_err();
+        assert!(format!("{error:#}").contains("is a folder"), "{error:#}");
+        assert_eq!(directory_entries(directory.path()).len(), 2);
+    }
+
     #[test]
     fn failing_writer_leaves_no_target_and_no_temporary_file() {
         let directory = tempfile::tempdir().unwrap();
@@ -351,13 +393,14 @@ mod tests {
     fn a_failed_commit_takes_back_the_files_committed_before_it() {
         let directory = tempfile::tempdir().unwrap();
         let first = directory.path().join("overlay.jpg");
-        // Renaming a file over a folder that is not empty fails.
         let blocked = directory.path().join("mask.png");
-        fs::create_dir_all(blocked.join("inside")).unwrap();
         let staged = vec![
             Staged::write(&first, |out| Ok(out.write_all(b"overlay")?)).unwrap(),
             Staged::write(&blocked, |out| Ok(out.write_all(b"mask")?)).unwrap(),
         ];
+        // Renaming a file over a folder that is not empty fails (one made after staging, since
+        // staging refuses a folder in the target's place).
+        fs::create_dir_all(blocked.join("inside")).unwrap();
         let error = commit_all(staged).unwrap_err();
         assert!(format!("{error:#}").contains("mask.png"), "{error:#}");
         assert!(!first.exists(), "no output of a failed item stays");

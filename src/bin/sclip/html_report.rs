@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use sclip::atomic_write::write_atomically;
+use sclip::atomic_write::{check_replaceable, write_atomically};
 use sclip::output::thumbnail::thumbnail_size;
 use sclip::ClassList;
 
@@ -87,6 +87,7 @@ impl<'a> PageReport<'a> {
                 page.join("report.html").display()
             );
         }
+        check_replaceable(&page).context("--report")?;
         let blocking = page
             .ancestors()
             .skip(1)
