@@ -331,7 +331,7 @@ fn check_json_target(
             shown_path(path)
         );
     }
-    check_replaceable(path).context("--json")?;
+    check_replaceable(path).map_err(|error| anyhow!("--json {error}"))?;
     // Only an existing file can be one of the dataset's.
     if let Ok(target) = path.canonicalize() {
         let split_file = match layout.split {

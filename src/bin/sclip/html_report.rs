@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -87,7 +87,7 @@ impl<'a> PageReport<'a> {
                 page.join("report.html").display()
             );
         }
-        check_replaceable(&page).context("--report")?;
+        check_replaceable(&page).map_err(|error| anyhow!("--report {error}"))?;
         let blocking = page
             .ancestors()
             .skip(1)
@@ -124,6 +124,11 @@ impl<'a> PageReport<'a> {
             cards: Vec::new(),
             images_with_class: vec![0; classes.len()],
         })
+    }
+
+    /// The folder of the thumbnails, which no run takes images from.
+    pub fn thumbnails(&self) -> &Path {
+        &self.thumbnails
     }
 
     /// Creates the thumbnail folder (and the page's), for the images about to be segmented.
