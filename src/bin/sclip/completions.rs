@@ -28,6 +28,14 @@ pub fn completions(shell: clap_complete::Shell) -> Result<ExitCode, Failure> {
 pub fn man(command: Option<&str>, out_dir: Option<PathBuf>) -> Result<ExitCode, Failure> {
     let pages = pages();
     if let Some(dir) = out_dir {
+        // create_dir_all would say only "File exists" of a file or a link that leads nowhere.
+        if std::fs::symlink_metadata(&dir).is_ok() && !dir.is_dir() {
+            return Err(Failure::Usage(anyhow!(
+                "--out-dir {} exists and is not a folder (a file, or a link that leads to none); \
+                 name a folder",
+                shown_path(&dir)
+            )));
+        }
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the folder {}", shown_path(&dir)))?;
         let mut written = String::new();

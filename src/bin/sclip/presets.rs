@@ -1,23 +1,21 @@
 //! `sclip presets [NAME]`: the benchmark presets as a table, or one preset's class file.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use sclip::presets::{self, Preset, PRESETS};
 use sclip::Method;
 
+use crate::completions::write_stdout;
 use crate::Failure;
 
 pub fn list(name: Option<&str>, method: Method) -> Result<ExitCode, Failure> {
     match name {
         Some(name) => {
             let preset = presets::find(name).map_err(Failure::Usage)?;
-            write_stdout(&format!(
-                "{}{}",
-                settings_header(preset, method),
-                preset.class_file
-            ));
+            let class_file = format!("{}{}", settings_header(preset, method), preset.class_file);
+            write_stdout(class_file.as_bytes()).context("cannot write the preset's class file")?;
         }
         None => {
             let mut table = String::new();
@@ -56,7 +54,7 @@ pub fn list(name: Option<&str>, method: Method) -> Result<ExitCode, Failure> {
                 "\n`sclip presets NAME` prints a preset's class file; `--preset NAME` uses it, with \
                  the --method's settings (`sclip presets --method M` lists them)."
             );
-            write_stdout(&table);
+            write_stdout(table.as_bytes()).context("cannot write the presets' table")?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -99,12 +97,4 @@ fn settings_header(preset: &Preset, method: Method) -> String {
         presets::tuning_source(method),
         method = method.name(),
     )
-}
-
-/// A reader that stops early (`sclip presets | head`) is not an error.
-fn write_stdout(text: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush());
 }
