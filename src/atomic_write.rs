@@ -32,8 +32,9 @@ pub fn write_atomically(
 
 /// Refuses a `path` that exists as something other than a regular file (through symlinks): the
 /// rename would put a file in place of a device such as `/dev/full`, a named pipe or a folder,
-/// and a write that cannot fail would not say so. Callers that write at the end of a long run
-/// check their targets with it first.
+/// and a write into one that cannot fail would not say so. The user's outputs are checked with
+/// it (before a long run, where they are known then); sclip's own cache files are not, so that
+/// whatever took a cache file's place is replaced.
 pub fn check_replaceable(path: &Path) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(metadata) if !metadata.is_file() => anyhow::bail!(
@@ -61,7 +62,6 @@ pub struct Staged {
 impl Staged {
     /// Writes `path`'s new content to its temporary sibling, as [`write_atomically`] does.
     pub fn write(path: &Path, write: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<Staged> {
-        check_replaceable(path)?;
         let file_name = path
             .file_name()
             .with_context(|| format!("{} does not name a file", path.display()))?;
@@ -242,15 +242,19 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn a_named_pipe_or_a_folder_in_the_targets_place_is_refused_and_left_as_it_is() {
+    fn a_named_pipe_or_a_folder_in_the_targets_place_is_not_replaceable() {
         let directory = tempfile::tempdir().unwrap();
+        let file = directory.path().join("file.json");
+        check_replaceable(&file).unwrap();
+        write_atomically(&file, |out| Ok(out.write_all(b"kept")?)).unwrap();
+        check_replaceable(&file).unwrap();
         let pipe = directory.path().join("pipe.json");
         let status = std::process::Command::new("mkfifo")
             .arg(&pipe)
             .status()
             .unwrap();
         assert!(status.success());
-        let error = write_atomically(&pipe, |out| Ok(out.write_all(b"lost")?)).unwrap_err();
+        let error = check_replaceable(&pipe).unwrap_err();
         let message = format!("{error:#}");
         assert!(message.contains("is a named pipe (FIFO)"), "{message}");
         assert!(message.contains("name a regular file"), "{message}");
@@ -259,9 +263,9 @@ mod tests {
 
         let folder = directory.path().join("folder.json");
         fs::create_dir(&folder).unwrap();
-        let error = write_atomically(&folder, |out| Ok(out.write_all(b"lost")?)).unwrap_err();
+        let error = check_replaceable(&folder).unwrap_err();
         assert!(format!("{error:#}").contains("is a folder"), "{error:#}");
-        assert_eq!(directory_entries(directory.path()).len(), 2);
+        assert_eq!(directory_entries(directory.path()).len(), 3);
     }
 
     #[test]
@@ -393,14 +397,13 @@ mod tests {
     fn a_failed_commit_takes_back_the_files_committed_before_it() {
         let directory = tempfile::tempdir().unwrap();
         let first = directory.path().join("overlay.jpg");
+        // Renaming a file over a folder that is not empty fails.
         let blocked = directory.path().join("mask.png");
+        fs::create_dir_all(blocked.join("inside")).unwrap();
         let staged = vec![
             Staged::write(&first, |out| Ok(out.write_all(b"overlay")?)).unwrap(),
             Staged::write(&blocked, |out| Ok(out.write_all(b"mask")?)).unwrap(),
         ];
-        // Renaming a file over a folder that is not empty fails (one made after staging, since
-        // staging refuses a folder in the target's place).
-        fs::create_dir_all(blocked.join("inside")).unwrap();
         let error = commit_all(staged).unwrap_err();
         assert!(format!("{error:#}").contains("mask.png"), "{error:#}");
         assert!(!first.exists(), "no output of a failed item stays");

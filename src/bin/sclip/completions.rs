@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::CommandFactory;
 use clap_mangen::Man;
 
-use sclip::atomic_write::write_atomically;
+use sclip::atomic_write::{check_replaceable, write_atomically};
 
 use crate::args::Cli;
 use crate::messages::shown_path;
@@ -41,6 +41,7 @@ pub fn man(command: Option<&str>, out_dir: Option<PathBuf>) -> Result<ExitCode, 
         let mut written = String::new();
         for page in &pages {
             let path = dir.join(page.get_filename());
+            check_replaceable(&path)?;
             write_atomically(&path, |out| Ok(out.write_all(&render(page))?))
                 .with_context(|| format!("cannot write the man page {}", shown_path(&path)))?;
             written.push_str(&format!("{}\n", shown_path(&path)));
