@@ -30,6 +30,38 @@ pub fn write_atomically(
     Staged::write(path, write)?.commit()
 }
 
+/// Refuses a `path` that exists as something other than a regular file: the rename would put a
+/// file in place of a device such as `/dev/full`, a named pipe or a folder, and a write into one
+/// that cannot fail would not say so. A symbolic link is refused too, whatever it leads to: the
+/// rename replaces the link itself, not its target, and `/dev/stdout` is such a link. The user's
+/// outputs are checked with it (before a long run, where they are known then); sclip's own cache
+/// files are not, so that whatever took a cache file's place is replaced.
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    let Ok(metadata) = std::fs::symlink_metadata(path) else {
+        // Missing: the rename puts a new file there.
+        return Ok(());
+    };
+    if metadata.file_type().is_symlink() {
+        let target = std::fs::read_link(path)
+            .map(|target| format!(" (to {})", target.display()))
+            .unwrap_or_default();
+        anyhow::bail!(
+            "{} is a symbolic link{target}, which sclip would replace with a file rather than \
+             write through; name the file itself",
+            path.display()
+        );
+    }
+    if !metadata.is_file() {
+        anyhow::bail!(
+            "{} is {}, which sclip does not write into: it writes a file whole and renames it into \
+             place; name a regular file",
+            path.display(),
+            crate::preprocess::file_kind(&metadata.file_type())
+        );
+    }
+    Ok(())
+}
+
 /// A file written whole to its temporary sibling, flushed to disk, and not yet renamed into
 /// place: several outputs of one item can be staged and then committed together, so that an
 /// error in the last one leaves none of them (see [`commit_all`]). Dropping it removes the
@@ -220,6 +252,50 @@ mod tests {
         write_atomically(&path, |out| Ok(out.write_all(b"complete")?)).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"complete");
         assert_eq!(directory_entries(directory.path()), vec![path]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_or_a_folder_in_the_targets_place_is_not_replaceable() {
+        let directory = tempfile::tempdir().unwrap();
+        let file = directory.path().join("file.json");
+        check_replaceable(&file).unwrap();
+        write_atomically(&file, |out| Ok(out.write_all(b"kept")?)).unwrap();
+        check_replaceable(&file).unwrap();
+        let pipe = directory.path().join("pipe.json");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let error = check_replaceable(&pipe).unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("is a named pipe (FIFO)"), "{message}");
+        assert!(message.contains("name a regular file"), "{message}");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(fs::metadata(&pipe).unwrap().file_type().is_fifo());
+
+        let folder = directory.path().join("folder.json");
+        fs::create_dir(&folder).unwrap();
+        let error = check_replaceable(&folder).unwrap_err();
+        assert!(format!("{error:#}").contains("is a folder"), "{error:#}");
+        assert_eq!(directory_entries(directory.path()).len(), 3);
+
+        // `--json /dev/stdout > file`: the link leads to a regular file, and the rename would
+        // have replaced the link.
+        for (name, target) in [
+            ("link.json", file.as_path()),
+            ("dangling.json", Path::new("gone")),
+        ] {
+            let link = directory.path().join(name);
+            std::os::unix::fs::symlink(target, &link).unwrap();
+            let message = format!("{:#}", check_replaceable(&link).unwrap_err());
+            assert!(message.contains("is a symbolic link"), "{message}");
+            assert!(fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink());
+        }
     }
 
     #[test]

@@ -239,8 +239,9 @@ pub fn open_without_blocking(path: &Path) -> std::io::Result<File> {
     File::open(path)
 }
 
+/// What a path that is not a regular file is, for errors: "a folder", "a named pipe (FIFO)"...
 #[cfg(unix)]
-fn file_kind(file_type: &std::fs::FileType) -> &'static str {
+pub(crate) fn file_kind(file_type: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if file_type.is_dir() {
         "a folder"
@@ -258,7 +259,7 @@ fn file_kind(file_type: &std::fs::FileType) -> &'static str {
 }
 
 #[cfg(not(unix))]
-fn file_kind(file_type: &std::fs::FileType) -> &'static str {
+pub(crate) fn file_kind(file_type: &std::fs::FileType) -> &'static str {
     if file_type.is_dir() {
         "a folder"
     } else {

@@ -151,6 +151,72 @@ fn the_man_pages_are_roff_for_sclip_and_each_command() {
     assert!(text.contains("segment"), "{text}");
 }
 
+/// Text on stdout that cannot be written (a full disk) is an error naming the cause, never a
+/// silent exit 0; a reader that stops early is not one.
+#[test]
+#[cfg(target_os = "linux")]
+fn output_that_cannot_be_written_is_an_error_and_a_closed_pipe_is_not() {
+    for args in [
+        &["presets"][..],
+        &["presets", "voc21", "--method", "naclip"],
+        &["--version"],
+        &["--help"],
+        &["segment", "--help"],
+        &["completions", "bash"],
+        &["man"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let output = sclip_process().args(args).stdout(full).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {output:?}");
+        let text = stderr(&output);
+        assert_eq!(text.lines().count(), 1, "{args:?}: {text}");
+        assert!(
+            text.starts_with("sclip: error: ") && text.contains("No space left on device"),
+            "{args:?}: {text}"
+        );
+
+        let mut reader = sclip_process()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(reader.stdout.take());
+        let output = reader.wait_with_output().unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        assert!(output.stderr.is_empty(), "{args:?}: {output:?}");
+    }
+}
+
+#[test]
+fn man_out_dir_that_is_a_file_or_a_dangling_link_is_a_usage_error() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("man1");
+    std::fs::write(&file, b"").unwrap();
+    let mut targets = vec![file];
+    #[cfg(unix)]
+    {
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(root.path().join("nowhere"), &link).unwrap();
+        targets.push(link);
+    }
+    for target in targets {
+        let output = sclip()
+            .args(["man", "--out-dir"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let text = stderr(&output);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(&target.display().to_string()), "{text}");
+        assert!(text.contains("exists and is not a folder"), "{text}");
+    }
+}
+
 #[test]
 fn the_version_says_the_commit_features_and_this_machines_kernels() {
     let version = env!("CARGO_PKG_VERSION");

@@ -739,6 +739,48 @@ fn usage_errors_exit_2_naming_what_is_missing() {
     assert!(stderr.contains("nowhere does not exist"), "{stderr}");
 }
 
+/// `--json` naming a truth, the split file or a named pipe is refused before anything runs, and
+/// the file is left as it was (a rename would put the metrics in its place).
+#[test]
+#[cfg(unix)]
+fn a_json_file_that_is_the_datasets_own_or_a_pipe_is_refused_and_left_alone() {
+    let dataset = Dataset::new(voc("voc21", false));
+    let root = dataset.root();
+    let truth = dataset.layout.truth(&root, VOC_IDS[0]);
+    write_truth(
+        &truth,
+        &vec![0; (WIDTH * HEIGHT) as usize],
+        WIDTH,
+        HEIGHT,
+        true,
+    );
+    let split = root.join("ImageSets/Segmentation/val.txt");
+    let pipe = dataset.dir.path().join("pipe.json");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap()
+        .success());
+    for (json, expected) in [
+        (&truth, "is the dataset's file"),
+        (&split, "is the dataset's file"),
+        (&pipe, "is a named pipe (FIFO)"),
+    ] {
+        let before = std::fs::symlink_metadata(json).unwrap();
+        let output = dataset.eval(&dataset.cache(), json).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains("--json"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let after = std::fs::symlink_metadata(json).unwrap();
+        assert_eq!(
+            (before.file_type(), before.len()),
+            (after.file_type(), after.len())
+        );
+    }
+}
+
 /// Starts an eval of many larger images, waits for its first cached image, sends SIGTERM, and
 /// expects it to stop without metrics; the same command then finishes from the cache.
 #[test]

@@ -361,3 +361,37 @@ fn no_binary_image_is_written_to_a_terminal_nor_read_from_one() {
         stderr(&from_terminal)
     );
 }
+
+/// A named pipe where a mask goes fails that image, naming it, and is left as it is (a rename
+/// would put a file in its place); the batch goes on.
+#[test]
+#[cfg(unix)]
+fn a_named_pipe_in_a_masks_place_fails_its_image_only_and_is_left_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let pipe = out.join("astronaut.png");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .unwrap()
+        .success());
+    let output = segment()
+        .arg(fixture_image("astronaut.jpg"))
+        .arg(fixture_image("coffee.png"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("sclip: error: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(error.contains(&pipe.display().to_string()), "{error}");
+    assert!(error.contains("is a named pipe (FIFO)"), "{error}");
+    assert!(std::fs::metadata(&pipe).unwrap().file_type().is_fifo());
+    assert!(out.join("coffee.png").is_file(), "the batch goes on");
+}

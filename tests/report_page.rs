@@ -241,6 +241,37 @@ fn a_rerun_with_skip_existing_lists_the_skipped_images_and_says_the_page_is_this
     assert_eq!(std::fs::read_dir(out.join("r_files")).unwrap().count(), 2);
 }
 
+/// A page kept inside the photos' folder: a recursive rerun does not take its thumbnails for
+/// photos.
+#[test]
+fn a_rerun_does_not_take_the_reports_thumbnails_for_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    copy_fixture("astronaut.jpg", &photos.join("one.jpg"));
+    let run = || {
+        let output = segment()
+            .arg(&photos)
+            .arg("-r")
+            .arg("--report")
+            .arg(photos.join("report.html"))
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        read_page(&photos.join("report.html"))
+    };
+    assert_eq!(cards(&run()), 1);
+    assert!(photos.join("report_files").is_dir());
+    assert_eq!(cards(&run()), 1);
+    assert_eq!(
+        std::fs::read_dir(photos.join("report_files"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
 #[test]
 fn a_run_stopped_by_fail_fast_says_so_on_its_page() {
     let dir = tempfile::tempdir().unwrap();
@@ -268,12 +299,23 @@ fn report_paths_that_cannot_be_a_page_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("folder.html")).unwrap();
     std::fs::write(dir.path().join("taken_files"), b"").unwrap();
+    #[cfg(unix)]
+    assert!(Command::new("mkfifo")
+        .arg(dir.path().join("pipe.html"))
+        .status()
+        .unwrap()
+        .success());
     for (report, expected) in [
         ("notes.txt", "must end in .html"),
         ("-", "cannot be written to stdout"),
         ("./folder.html", "is a folder"),
         ("./taken.html", "exists and is not a folder"),
         ("taken_files/r.html", "taken_files is not a folder"),
+        #[cfg(unix)]
+        (
+            "./pipe.html",
+            "is a named pipe (FIFO), which sclip does not write into",
+        ),
     ] {
         let output = segment()
             .current_dir(dir.path())

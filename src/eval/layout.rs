@@ -189,7 +189,10 @@ fn read_split_file(path: &Path) -> Result<Vec<PathBuf>> {
             MAX_SPLIT_FILE_BYTES >> 20
         );
     }
+    // Editors on Windows start UTF-8 files with a byte order mark, which is no part of an ID.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut ids = Vec::new();
+    let mut first_lines = std::collections::HashMap::new();
     for (number, line) in text.lines().enumerate() {
         let id = line.trim();
         if id.is_empty() {
@@ -206,7 +209,18 @@ fn read_split_file(path: &Path) -> Result<Vec<PathBuf>> {
                 path.display()
             );
         }
-        ids.push(PathBuf::from(id));
+        // As components, so that `a/` and `a//b` name the files `a` and `a/b` do.
+        let id: PathBuf = Path::new(id).components().collect();
+        if let Some(first) = first_lines.insert(id.clone(), number + 1) {
+            bail!(
+                "line {} of the split file {} repeats the ID {} of line {first}, which would \
+                 count that image twice; remove the repeat",
+                number + 1,
+                path.display(),
+                id.display()
+            );
+        }
+        ids.push(id);
     }
     Ok(ids)
 }
@@ -498,6 +512,35 @@ mod tests {
         assert_eq!(
             samples[1].truth,
             dir.path().join("SegmentationClass/2007_a.png")
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_crlf_and_trailing_slashes_are_no_part_of_the_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = for_preset("voc21").unwrap();
+        let split = dir.path().join("ImageSets/Segmentation/val.txt");
+        std::fs::create_dir_all(split.parent().unwrap()).unwrap();
+        std::fs::write(&split, "\u{feff}2007_a\r\n2007_b/\r\n").unwrap();
+        let samples = layout.samples(dir.path(), None).unwrap();
+        let ids: Vec<&Path> = samples.iter().map(|sample| sample.id.as_path()).collect();
+        assert_eq!(ids, [Path::new("2007_a"), Path::new("2007_b")]);
+        assert_eq!(samples[1].image, dir.path().join("JPEGImages/2007_b.jpg"));
+    }
+
+    #[test]
+    fn a_repeated_id_is_refused_naming_both_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = for_preset("voc21").unwrap();
+        let split = dir.path().join("ImageSets/Segmentation/val.txt");
+        std::fs::create_dir_all(split.parent().unwrap()).unwrap();
+        std::fs::write(&split, "2007_a\n2007_b\n2007_a/\n").unwrap();
+        let error = format!("{:#}", layout.samples(dir.path(), None).unwrap_err());
+        assert!(
+            error.contains("line 3 of the split file")
+                && error.contains("val.txt")
+                && error.contains("repeats the ID 2007_a of line 1"),
+            "{error}"
         );
     }
 

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::CommandFactory;
 use clap_mangen::Man;
 
-use sclip::atomic_write::write_atomically;
+use sclip::atomic_write::{check_replaceable, write_atomically};
 
 use crate::args::Cli;
 use crate::messages::shown_path;
@@ -28,11 +28,20 @@ pub fn completions(shell: clap_complete::Shell) -> Result<ExitCode, Failure> {
 pub fn man(command: Option<&str>, out_dir: Option<PathBuf>) -> Result<ExitCode, Failure> {
     let pages = pages();
     if let Some(dir) = out_dir {
+        // create_dir_all would say only "File exists" of a file or a link that leads nowhere.
+        if std::fs::symlink_metadata(&dir).is_ok() && !dir.is_dir() {
+            return Err(Failure::Usage(anyhow!(
+                "--out-dir {} exists and is not a folder (a file, or a link that leads to none); \
+                 name a folder",
+                shown_path(&dir)
+            )));
+        }
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the folder {}", shown_path(&dir)))?;
         let mut written = String::new();
         for page in &pages {
             let path = dir.join(page.get_filename());
+            check_replaceable(&path)?;
             write_atomically(&path, |out| Ok(out.write_all(&render(page))?))
                 .with_context(|| format!("cannot write the man page {}", shown_path(&path)))?;
             written.push_str(&format!("{}\n", shown_path(&path)));

@@ -14,10 +14,10 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::Value;
 
-use sclip::atomic_write::write_atomically;
+use sclip::atomic_write::{check_replaceable, write_atomically};
 use sclip::eval::cache::{EvalCache, RunKey, RunSettings};
 use sclip::eval::confusion::Metrics;
-use sclip::eval::layout::{self, Split};
+use sclip::eval::layout::{self, Sample, Split};
 use sclip::eval::{Evaluation, ImageEnd};
 use sclip::presets::PRESETS;
 use sclip::stream::StreamOptions;
@@ -150,7 +150,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode, Failure> {
         )));
     }
     if let Some(json) = &args.json {
-        check_json_folder(json).map_err(Failure::Usage)?;
+        check_json_target(json, &args.dataset, &layout, &samples).map_err(Failure::Usage)?;
     }
 
     let chatter = Chatter {
@@ -308,8 +308,14 @@ pub fn run(args: EvalArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `--json` file is written at the end: its folder must exist from the start.
-fn check_json_folder(path: &Path) -> Result<()> {
+/// The `--json` file is written at the end: its folder must exist from the start, and it must
+/// be a file that can be replaced, none of the dataset's.
+fn check_json_target(
+    path: &Path,
+    dataset: &Path,
+    layout: &layout::Layout,
+    samples: &[Sample],
+) -> Result<()> {
     let folder = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -326,6 +332,27 @@ fn check_json_folder(path: &Path) -> Result<()> {
             "--json {} is a folder; name a file to write the metrics to",
             shown_path(path)
         );
+    }
+    check_replaceable(path).map_err(|error| anyhow!("--json {error}"))?;
+    // Only an existing file can be one of the dataset's.
+    if let Ok(target) = path.canonicalize() {
+        let split_file = match layout.split {
+            Split::File(file) => Some(dataset.join(file)),
+            Split::AllImages => None,
+        };
+        let same = samples
+            .iter()
+            .flat_map(|sample| [&sample.image, &sample.truth])
+            .chain(&split_file)
+            .find(|file| file.canonicalize().is_ok_and(|file| file == target));
+        if let Some(file) = same {
+            bail!(
+                "--json {} is the dataset's file {}, which the metrics would replace; name a \
+                 file of its own",
+                shown_path(path),
+                shown_path(file)
+            );
+        }
     }
     Ok(())
 }

@@ -14,11 +14,11 @@ use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use sclip::atomic_write::write_atomically;
+use sclip::atomic_write::{check_replaceable, write_atomically};
 use sclip::output::thumbnail::thumbnail_size;
 use sclip::ClassList;
 
@@ -87,6 +87,7 @@ impl<'a> PageReport<'a> {
                 page.join("report.html").display()
             );
         }
+        check_replaceable(&page).map_err(|error| anyhow!("--report {error}"))?;
         let blocking = page
             .ancestors()
             .skip(1)
@@ -123,6 +124,11 @@ impl<'a> PageReport<'a> {
             cards: Vec::new(),
             images_with_class: vec![0; classes.len()],
         })
+    }
+
+    /// The folder of the thumbnails, which no run takes images from.
+    pub fn thumbnails(&self) -> &Path {
+        &self.thumbnails
     }
 
     /// Creates the thumbnail folder (and the page's), for the images about to be segmented.

@@ -45,9 +45,10 @@ pub struct Discovery {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WalkOptions<'a> {
     pub recursive: bool,
-    /// The output folder, never searched: masks written inside an input tree would otherwise be
-    /// taken for images by the next run.
-    pub exclude: Option<&'a Path>,
+    /// The folders this run writes into (the output folder, the report's thumbnails), never
+    /// searched: files written inside an input tree would otherwise be taken for images by the
+    /// next run.
+    pub exclude: &'a [&'a Path],
 }
 
 /// Collects the inputs named by `arguments` (from the command line) and `listed` (from
@@ -74,7 +75,9 @@ pub fn discover(arguments: &[PathBuf], listed: &[PathBuf], options: &WalkOptions
         // A folder that does not exist yet holds nothing to leave out.
         exclude: options
             .exclude
-            .and_then(|folder| fs::canonicalize(folder).ok()),
+            .iter()
+            .filter_map(|folder| fs::canonicalize(folder).ok())
+            .collect(),
         found: Discovery::default(),
     };
     for path in arguments {
@@ -91,8 +94,8 @@ pub fn discover(arguments: &[PathBuf], listed: &[PathBuf], options: &WalkOptions
 
 struct Walk {
     recursive: bool,
-    /// Canonical, so that any spelling of the folder, through symlinks or `..`, is recognised.
-    exclude: Option<PathBuf>,
+    /// Canonical, so that any spelling of a folder, through symlinks or `..`, is recognised.
+    exclude: Vec<PathBuf>,
     found: Discovery,
 }
 
@@ -109,8 +112,8 @@ impl Walk {
                 if self.is_excluded(path) {
                     self.problem(
                         path,
-                        "not searched: it is the output folder, whose masks would be taken for \
-                         images"
+                        "not searched: it is the output folder or the report's thumbnail folder, \
+                         whose files would be taken for images"
                             .into(),
                     );
                 } else {
@@ -171,12 +174,11 @@ impl Walk {
         }
     }
 
-    /// The output folder itself, not what is inside it: a walk meets the folder before its
+    /// An excluded folder itself, not what is inside it: a walk meets the folder before its
     /// contents, and an input folder named inside it is meant (`sclip segment photos -o .`).
     fn is_excluded(&self, folder: &Path) -> bool {
-        self.exclude
-            .as_ref()
-            .is_some_and(|exclude| fs::canonicalize(folder).is_ok_and(|folder| folder == *exclude))
+        !self.exclude.is_empty()
+            && fs::canonicalize(folder).is_ok_and(|folder| self.exclude.contains(&folder))
     }
 
     fn problem(&mut self, path: &Path, message: String) {
@@ -509,7 +511,10 @@ mod tests {
         discover(
             &[root.to_path_buf()],
             &[],
-            &WalkOptions { recursive, exclude },
+            &WalkOptions {
+                recursive,
+                exclude: exclude.as_slice(),
+            },
         )
     }
 

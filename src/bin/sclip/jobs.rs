@@ -2,7 +2,7 @@
 //! plans that would overwrite an input or write one file twice, before any work is done.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -85,15 +85,30 @@ impl Job {
     }
 }
 
+/// Whether `path` starts as a PNG in `format` and ends as a complete PNG does: a mask cut short
+/// (by a copy or a sync that stopped) is not done, yet only its two ends are read.
 fn is_label_png_in(path: &Path, format: LabelFormat) -> bool {
-    let mut header = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(LABEL_PNG_HEADER_BYTES).read_to_end(&mut header))
-        .is_ok_and(|_| format.matches_png_header(&header))
+    let read_ends = || -> std::io::Result<bool> {
+        let mut file = std::fs::File::open(path)?;
+        let mut header = Vec::new();
+        (&mut file)
+            .take(LABEL_PNG_HEADER_BYTES)
+            .read_to_end(&mut header)?;
+        if !format.matches_png_header(&header) {
+            return Ok(false);
+        }
+        let mut end = [0; PNG_END.len()];
+        file.seek(SeekFrom::End(-(PNG_END.len() as i64)))?;
+        file.read_exact(&mut end)?;
+        Ok(end == *PNG_END)
+    };
+    read_ends().unwrap_or(false)
 }
 
 /// The PNG signature and the IHDR chunk up to its colour type.
 const LABEL_PNG_HEADER_BYTES: u64 = 26;
+/// The empty IEND chunk (length, type, CRC) that ends every PNG.
+const PNG_END: &[u8; 12] = b"\0\0\0\0IEND\xaeB`\x82";
 
 /// The one image `-o -` writes to stdout: its label PNG, or its overlay with `--overlay`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,5 +422,26 @@ mod tests {
         assert!(!job.is_done(LabelFormat::Palette));
         std::fs::write(&job.mask, b"x").unwrap();
         assert!(!job.is_done(LabelFormat::Grey));
+    }
+
+    #[test]
+    fn a_mask_cut_short_is_not_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = Job {
+            image: dir.path().join("cat.jpg"),
+            mask: dir.path().join("cat.png"),
+            probs: None,
+            overlay: None,
+        };
+        sclip::output::stage_label_png(&job.mask, &[3; 64 * 48], 64, 48)
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert!(job.is_done(LabelFormat::Palette));
+        let whole = std::fs::read(&job.mask).unwrap();
+        for kept in [whole.len() - 1, whole.len() / 2, 30] {
+            std::fs::write(&job.mask, &whole[..kept]).unwrap();
+            assert!(!job.is_done(LabelFormat::Palette), "{kept} bytes");
+        }
     }
 }

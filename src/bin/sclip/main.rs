@@ -54,7 +54,10 @@ fn main() -> ExitCode {
     if std::env::args_os().skip(1).any(|arg| arg == "--version") {
         command = command.long_version(args::long_version());
     }
-    let matches = command.get_matches();
+    let matches = match command.try_get_matches() {
+        Ok(matches) => matches,
+        Err(error) => exit_for_clap(&error),
+    };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let result = match cli.command {
         Command::Segment(args) => segment::run(*args),
@@ -75,4 +78,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints clap's help, version or usage error and exits as clap would, except that help or a
+/// version that cannot be written (`sclip --help > /dev/full`) is an error, not a silent exit 0;
+/// a reader that stops early (`sclip --help | head`) is not.
+fn exit_for_clap(error: &clap::Error) -> ! {
+    if let Err(write_error) = error.print() {
+        if write_error.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("sclip: error: cannot write to stdout: {write_error}");
+            std::process::exit(1);
+        }
+    }
+    std::process::exit(error.exit_code())
 }

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use sclip::presets::{self, Preset, PRESETS};
 use sclip::Method;
 
@@ -13,8 +14,8 @@ pub fn list(name: Option<&str>, method: Method) -> Result<ExitCode, Failure> {
     match name {
         Some(name) => {
             let preset = presets::find(name).map_err(Failure::Usage)?;
-            let text = format!("{}{}", settings_header(preset, method), preset.class_file);
-            write_stdout(text.as_bytes())?;
+            let class_file = format!("{}{}", settings_header(preset, method), preset.class_file);
+            write_stdout(class_file.as_bytes()).context("cannot write the preset's class file")?;
         }
         None => {
             let mut table = String::new();
@@ -53,7 +54,7 @@ pub fn list(name: Option<&str>, method: Method) -> Result<ExitCode, Failure> {
                 "\n`sclip presets NAME` prints a preset's class file; `--preset NAME` uses it, with \
                  the --method's settings (`sclip presets --method M` lists them)."
             );
-            write_stdout(table.as_bytes())?;
+            write_stdout(table.as_bytes()).context("cannot write the presets' table")?;
         }
     }
     Ok(ExitCode::SUCCESS)

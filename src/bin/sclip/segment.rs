@@ -67,6 +67,10 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
     } else {
         None
     };
+    let written_folders: Vec<&Path> = out
+        .into_iter()
+        .chain(page.as_ref().map(PageReport::thumbnails))
+        .collect();
     let discovery = match &stdin_image {
         Some(_) => Discovery {
             inputs: vec![Input {
@@ -80,7 +84,7 @@ pub fn run(args: SegmentArgs) -> Result<ExitCode, Failure> {
             &listed,
             &WalkOptions {
                 recursive: args.recursive,
-                exclude: out,
+                exclude: &written_folders,
             },
         ),
     };

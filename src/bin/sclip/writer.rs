@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use sclip::atomic_write::commit_all;
+use sclip::atomic_write::{check_replaceable, commit_all};
 use sclip::output::overlay::{render_overlay, stage_overlay, write_overlay, LegendEntry};
 use sclip::output::thumbnail::stage_thumbnail;
 use sclip::output::{stage_label_png_as, stage_npy_f32, write_label_png, LabelFormat};
@@ -44,6 +44,9 @@ pub fn write_outputs(
             None => std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create output folder {}", dir.display()))?,
         }
+    }
+    for path in job.outputs() {
+        check_replaceable(path)?;
     }
     let segmentation = &result.segmentation;
     let (width, height) = (segmentation.width, segmentation.height);
