@@ -539,7 +539,7 @@ fn an_interrupted_or_partial_eval_resumes_from_the_cache_with_the_same_result() 
         "{stderr}"
     );
     assert!(
-        stderr.contains("1 damaged cache files were not used"),
+        stderr.contains("1 damaged cache file was not used; its image is segmented again"),
         "{stderr}"
     );
     assert_eq!(read_json(&json), resumed);

@@ -200,11 +200,11 @@ pub fn run(args: EvalArgs) -> Result<ExitCode, Failure> {
             );
         }
         if resumed.damaged > 0 {
-            eprintln!(
-                "sclip: warning: {} damaged cache files were not used; their images are \
-                 segmented again",
-                resumed.damaged
-            );
+            let (files, images) = match resumed.damaged {
+                1 => ("1 damaged cache file was".to_string(), "its image is"),
+                n => (format!("{n} damaged cache files were"), "their images are"),
+            };
+            eprintln!("sclip: warning: {files} not used; {images} segmented again");
         }
     }
 
