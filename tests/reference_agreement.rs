@@ -101,50 +101,76 @@ fn every_fixture_case_matches_the_reference() {
     );
 }
 
-/// Every other head (`--method`) and CSA projection (`--csa-proj`) of spec section 8 gives the
-/// reference's outputs for it (tests/fixtures/heads/heads.json, written by
-/// `make_fixtures.py --heads`), within the same bounds as SCLIP's own.
-#[test]
-fn every_head_and_csa_projection_matches_the_reference() {
-    let manifest: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(common::fixtures().join("heads/heads.json")).expect("heads.json"),
+/// Runs every entry of a fixture manifest (`tests/fixtures/<manifest>`, written by
+/// `make_fixtures.py`: a case, the reference's labels and probs, and the options that made
+/// them) with the options `run` gives for it, and checks the outputs against the reference's
+/// within the bounds of SCLIP's own cases. `run` also names the entry in messages. Returns how
+/// many entries the manifest has.
+fn every_entry_matches_the_reference(
+    manifest: &str,
+    run: impl Fn(&serde_json::Value) -> (Vec<String>, String),
+) -> usize {
+    let entries: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join(manifest)).expect(manifest),
     )
-    .expect("heads.json is JSON");
+    .expect("the manifest is JSON");
     let cases = cases();
     let mut failures = Vec::new();
-    for head in &manifest {
+    for entry in &entries {
         let field = |name: &str| {
-            head[name]
+            entry[name]
                 .as_str()
-                .unwrap_or_else(|| panic!("{name} in {head}"))
+                .unwrap_or_else(|| panic!("{name} in {entry}"))
         };
         let case = cases
             .iter()
             .find(|case| case.name == field("case"))
             .unwrap_or_else(|| panic!("no case {}", field("case")));
-        let (method, projection) = (field("method"), field("csa_proj"));
+        let (options, label) = run(entry);
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
         let (agreement, max_difference) = agreement(
             case,
-            &["--method", method, "--csa-proj", projection],
+            &options,
             &common::fixtures().join(field("labels")),
             &common::fixtures().join(field("probs")),
         );
         println!(
-            "{method:<9} {projection:<8} labels agree on {:.4}% of pixels, max |prob diff| {max_difference:.2e}",
+            "{label}: labels agree on {:.4}% of pixels, max |prob diff| {max_difference:.2e}",
             100.0 * agreement
         );
         if agreement < MIN_LABEL_AGREEMENT || max_difference > MAX_PROB_DIFFERENCE {
             failures.push(format!(
-                "{method} {projection}: label agreement {agreement:.5}, max prob diff {max_difference:.2e}"
+                "{label}: label agreement {agreement:.5}, max prob diff {max_difference:.2e}"
             ));
         }
     }
-    assert_eq!(manifest.len(), 7, "four peers and three projections");
     assert!(
         failures.is_empty(),
         "disagreements with the reference:\n{}",
         failures.join("\n")
     );
+    entries.len()
+}
+
+/// Every other head (`--method`) and CSA projection (`--csa-proj`) of spec section 8 gives the
+/// reference's outputs for it (tests/fixtures/heads/heads.json, written by
+/// `make_fixtures.py --heads`), within the same bounds as SCLIP's own.
+#[test]
+fn every_head_and_csa_projection_matches_the_reference() {
+    let heads = every_entry_matches_the_reference("heads/heads.json", |head| {
+        let (method, projection) = (&head["method"], &head["csa_proj"]);
+        let (method, projection) = (
+            method.as_str().expect("method"),
+            projection.as_str().expect("csa_proj"),
+        );
+        (
+            ["--method", method, "--csa-proj", projection]
+                .map(String::from)
+                .to_vec(),
+            format!("{method:<9} {projection:<8}"),
+        )
+    });
+    assert_eq!(heads, 7, "four peers and three projections");
 }
 
 /// PAMR (`--pamr STEPS --pamr-dilations D,D`, spec section 7) gives the reference's outputs
@@ -152,22 +178,7 @@ fn every_head_and_csa_projection_matches_the_reference() {
 /// bounds; one case has both thresholds, which then read the refined logits.
 #[test]
 fn pamr_matches_the_reference() {
-    let manifest: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(common::fixtures().join("pamr/pamr.json")).expect("pamr.json"),
-    )
-    .expect("pamr.json is JSON");
-    let cases = cases();
-    let mut failures = Vec::new();
-    for run in &manifest {
-        let field = |name: &str| {
-            run[name]
-                .as_str()
-                .unwrap_or_else(|| panic!("{name} in {run}"))
-        };
-        let case = cases
-            .iter()
-            .find(|case| case.name == field("case"))
-            .unwrap_or_else(|| panic!("no case {}", field("case")));
+    let runs = every_entry_matches_the_reference("pamr/pamr.json", |run| {
         let steps = run["steps"].to_string();
         let dilations: Vec<String> = run["dilations"]
             .as_array()
@@ -176,30 +187,18 @@ fn pamr_matches_the_reference() {
             .map(|d| d.to_string())
             .collect();
         let dilations = dilations.join(",");
-        let (agreement, max_difference) = agreement(
-            case,
-            &["--pamr", &steps, "--pamr-dilations", &dilations],
-            &common::fixtures().join(field("labels")),
-            &common::fixtures().join(field("probs")),
+        let label = format!(
+            "{:<14} PAMR {steps} steps at {dilations}",
+            run["case"].as_str().expect("case")
         );
-        println!(
-            "{:<14} PAMR {steps} steps at {dilations}: labels agree on {:.4}% of pixels, max |prob diff| {max_difference:.2e}",
-            case.name,
-            100.0 * agreement
-        );
-        if agreement < MIN_LABEL_AGREEMENT || max_difference > MAX_PROB_DIFFERENCE {
-            failures.push(format!(
-                "{} PAMR {steps}: label agreement {agreement:.5}, max prob diff {max_difference:.2e}",
-                case.name
-            ));
-        }
-    }
-    assert_eq!(manifest.len(), 3);
-    assert!(
-        failures.is_empty(),
-        "disagreements with the reference:\n{}",
-        failures.join("\n")
-    );
+        (
+            ["--pamr", &steps, "--pamr-dilations", &dilations]
+                .map(String::from)
+                .to_vec(),
+            label,
+        )
+    });
+    assert_eq!(runs, 3);
 }
 
 /// `--dtype bf16` may stray from the reference no further than PyTorch's own bf16 autocast does
